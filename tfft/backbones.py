@@ -1,0 +1,270 @@
+"""Pretrained backbones: Keras Applications and TF-Hub feature vectors behind one interface.
+
+Each backbone knows its own input normalisation, its smallest usable input size and its ordered
+"blocks" (bottom -> top) so the finetune phase can unfreeze the top N of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import tensorflow as tf
+
+from tfft.config import ModelConfig
+from tfft.errors import UserError
+
+MIN_IMAGE_SIZE = 32
+BUNDLED_WEIGHTS = {("mobilenet", 0.25): "mobilenet_2_5_224_tf_no_top.h5"}
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A built backbone: normalised images [B, S, S, 3] -> feature map or feature vector."""
+
+    name: str
+    layer: keras.layers.Layer
+    normalize: Callable[[tf.Tensor], tf.Tensor]
+    blocks: tuple[tuple[str, ...], ...]
+    outputs_vector: bool
+    identity: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _App:
+    constructor: Callable[..., keras.Model]
+    normalize: Callable[[tf.Tensor], tf.Tensor]
+    block_of: Callable[[str], str]
+    uses_alpha: bool = False
+
+
+def _vgg_block(name: str) -> str:
+    return name.split("_")[0]
+
+
+def _resnet_block(name: str) -> str:
+    prefix = name.split("_")[0]
+    return "conv1" if prefix == "pool1" else prefix
+
+
+_MOBILENET_V2_STAGES = {1: 1, 2: 1, 3: 2, 4: 2, 5: 2, 6: 3, 7: 3, 8: 3, 9: 3,
+                        10: 4, 11: 4, 12: 4, 13: 5, 14: 5, 15: 5, 16: 6}
+
+
+def _mobilenet_v2_block(name: str) -> str:
+    match = re.match(r"block_(\d+)_", name)
+    if match:
+        return f"stage{_MOBILENET_V2_STAGES[int(match.group(1))]}"
+    if name.startswith(("Conv_1", "out_relu")):
+        return "stage6"
+    return "stem"
+
+
+def _mobilenet_block(name: str) -> str:
+    match = re.match(r"conv_(?:dw|pw|pad)_(\d+)", name)
+    return f"block{int(match.group(1))}" if match else "stem"
+
+
+_APPS = {
+    "vgg16": _App(keras.applications.VGG16, keras.applications.vgg16.preprocess_input,
+                  _vgg_block),
+    "resnet50": _App(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input,
+                     _resnet_block),
+    "mobilenet_v2": _App(keras.applications.MobileNetV2,
+                         keras.applications.mobilenet_v2.preprocess_input,
+                         _mobilenet_v2_block, uses_alpha=True),
+    "mobilenet": _App(keras.applications.MobileNet, keras.applications.mobilenet.preprocess_input,
+                      _mobilenet_block, uses_alpha=True),
+}
+
+
+def build_backbone(cfg: ModelConfig, image_size: int) -> Backbone:
+    """Builds the configured backbone; raises UserError for anything the user can fix."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image_size: expected at least {MIN_IMAGE_SIZE} for --backbone="
+                        f"{cfg.backbone}; received {image_size}.")
+    if cfg.backbone == "hub":
+        return _build_hub(cfg, image_size)
+    return _build_app(cfg, image_size)
+
+
+def _build_app(cfg: ModelConfig, image_size: int) -> Backbone:
+    app = _APPS[cfg.backbone]
+    weights, identity = _resolve_weights(cfg, image_size)
+    kwargs = {"alpha": cfg.alpha} if app.uses_alpha else {}
+    try:
+        model = app.constructor(include_top=False, weights=weights,
+                                input_shape=(image_size, image_size, 3), **kwargs)
+    except Exception as err:  # noqa: BLE001 - Keras raises bare Exception for failed downloads
+        raise _weights_error(cfg, weights, err) from None
+    model.trainable = False
+    blocks = _group([layer.name for layer in model.layers if layer.weights], app.block_of)
+    return Backbone(cfg.backbone, model, app.normalize, blocks, False, identity)
+
+
+def _resolve_weights(cfg: ModelConfig, image_size: int) -> tuple[str | None, dict[str, str]]:
+    """Maps --weights to what Keras takes, preferring the bundled file when offline."""
+    identity = {"backbone": cfg.backbone, "weights": cfg.weights}
+    if cfg.weights == "none":
+        return None, identity
+    if cfg.weights == "imagenet":
+        bundled = BUNDLED_WEIGHTS.get((cfg.backbone, cfg.alpha))
+        if bundled:
+            rows = image_size if image_size in (128, 160, 192, 224) else 224
+            cached = os.path.join(_keras_home(), "models", bundled.replace("224", str(rows)))
+            path = cached if os.path.isfile(cached) else str(
+                importlib.resources.files("tfft") / "weights" / bundled)
+            return path, {**identity, "weights_file": path, "weights_sha256": _sha256(path)}
+        return "imagenet", identity
+    if not os.path.isfile(cfg.weights):
+        raise UserError(f"--weights: expected imagenet, none or an existing weights file; "
+                        f"received {cfg.weights!r}.")
+    return cfg.weights, {**identity, "weights_sha256": _sha256(cfg.weights)}
+
+
+def _weights_error(cfg: ModelConfig, weights: str | None, err: Exception) -> UserError:
+    text = str(err)
+    url = re.search(r"URL fetch failure on (\S+?):", text)
+    if url:
+        fname = url.group(1).rsplit("/", 1)[-1]
+        return UserError(
+            f"--weights=imagenet: could not download {fname} for --backbone={cfg.backbone} "
+            f"(offline?); put it in {os.path.join(_keras_home(), 'models')}/ or pass "
+            "--weights=PATH."
+        )
+    if "alpha" in text:
+        return UserError(f"--alpha: {text.splitlines()[0]} (received {cfg.alpha}).")
+    if weights not in (None, "imagenet"):
+        return UserError(f"--weights: {weights!r} does not hold {cfg.backbone} weights for this "
+                         f"configuration ({text.splitlines()[0][:200]}).")
+    return UserError(f"--backbone={cfg.backbone}: could not be built ({text.splitlines()[0]}).")
+
+
+def _keras_home() -> str:
+    return os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _group(names: list[str], key: Callable[[str], str]) -> tuple[tuple[str, ...], ...]:
+    """Groups names into blocks by key, keeping the order of first appearance (bottom -> top)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(key(name), []).append(name)
+    return tuple(tuple(v) for v in groups.values())
+
+
+# ---------------------------------------------------------------- TF-Hub
+
+
+@keras.saving.register_keras_serializable(package="tfft")
+class HubFeatureVector(keras.layers.Layer):
+    """A Keras 3 layer around ``hub.load(handle)`` (hub.KerasLayer is tf_keras-only).
+
+    The loaded module's tf.Variables are wrapped (not copied) as Keras variables so optimizers,
+    checkpoints and per-variable unfreezing see them. BatchNorm runs in inference mode unless the
+    layer is trainable and called with ``training=True``.
+    """
+
+    def __init__(self, handle: str, **kwargs):
+        super().__init__(**kwargs)
+        self.handle = handle
+        self._module = _load_hub_module(handle)
+        trainable_ids = {id(v) for v in self._module.trainable_variables}
+        self.variable_paths: tuple[str, ...] = ()
+        paths = []
+        for v in self._module.variables:
+            path = v.name.split(":")[0]
+            paths.append(path)
+            self._track_variable(keras.Variable(
+                initializer=v, trainable=id(v) in trainable_ids, dtype=v.dtype, shape=v.shape,
+                name=_variable_name(path)))
+        self.variable_paths = tuple(paths)
+        self.built = True
+
+    def path_of(self, variable: keras.Variable) -> str:
+        """The module's own name of a wrapped variable (e.g. ``Conv1/kernel``)."""
+        return self._path_by_name[variable.name]
+
+    @property
+    def _path_by_name(self) -> dict[str, str]:
+        return {_variable_name(p): p for p in self.variable_paths}
+
+    def call(self, inputs, training=False):
+        return self._module(inputs, training=bool(training) and self.trainable)
+
+    def get_config(self):
+        return {**super().get_config(), "handle": self.handle}
+
+
+def _variable_name(path: str) -> str:
+    """Keras variable names may not hold ':' or '/' (optimizer slot names break)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", path)
+
+
+def _load_hub_module(handle: str):
+    import tensorflow_hub as hub
+
+    is_url = handle.startswith(("http://", "https://"))
+    if not is_url and not os.path.isdir(handle):
+        raise UserError(f"--hub_handle: expected a TF-Hub URL or a local SavedModel directory; "
+                        f"received {handle!r} (no such directory).")
+    try:
+        module = hub.load(handle)
+    except Exception as err:  # noqa: BLE001 - URLError, OSError, parse errors
+        hint = " (offline? download it where you have network and pass --hub_handle=/local/dir)"
+        raise UserError(f"--hub_handle: could not load {handle!r}"
+                        f"{hint if is_url else ''}: {str(err).splitlines()[0][:200]}") from None
+    if not callable(module) or not getattr(module, "variables", None):
+        raise UserError(f"--hub_handle: {handle!r} is not a reusable TF-Hub image feature vector "
+                        "(no callable with variables).")
+    return module
+
+
+def _build_hub(cfg: ModelConfig, image_size: int) -> Backbone:
+    layer = HubFeatureVector(cfg.hub_handle, trainable=False, name="hub_feature_vector")
+    try:
+        probe = layer(tf.zeros((1, image_size, image_size, 3)))
+    except Exception as err:  # noqa: BLE001 - signature mismatch of a foreign module
+        raise UserError(f"--hub_handle: {cfg.hub_handle!r} does not take [batch, {image_size}, "
+                        f"{image_size}, 3] float images ({str(err).splitlines()[0][:160]}).") from None
+    if len(probe.shape) != 2:
+        raise UserError(f"--hub_handle: expected an image feature vector (output [batch, dim]); "
+                        f"{cfg.hub_handle!r} returns shape {list(probe.shape)}.")
+    blocks = _group(layer.variable_paths, _hub_block_key(layer.variable_paths))
+    identity = {"backbone": "hub", "hub_handle": cfg.hub_handle,
+                "hub_resolved_path": _hub_resolved_path(cfg.hub_handle)}
+    return Backbone("hub", layer, _hub_normalize, blocks, True, identity)
+
+
+def _hub_normalize(images: tf.Tensor) -> tf.Tensor:
+    """TF-Hub image modules take RGB floats in [0, 1]."""
+    return images / 255.0
+
+
+def _hub_block_key(paths: list[str]) -> Callable[[str], str]:
+    """Block = first variable-name component below the scope all variables share."""
+    split = [p.split("/") for p in paths]
+    common = 0
+    while all(len(s) > common + 1 for s in split) and len({s[common] for s in split}) == 1:
+        common += 1
+    return lambda path: path.split("/")[common] if "/" in path else path
+
+
+def _hub_resolved_path(handle: str) -> str:
+    if os.path.isdir(handle):
+        return os.path.abspath(handle)
+    import tensorflow_hub as hub
+
+    return hub.resolve(handle)

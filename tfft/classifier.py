@@ -1,0 +1,101 @@
+"""The classifier: frozen backbone -> pooling -> Dense head, and its (un)freezing.
+
+The head is its own Keras model over feature vectors, shared by the full model, so the head phase
+can train it on cached backbone features and the result is the same full model either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from tfft.backbones import Backbone
+from tfft.config import ModelConfig
+from tfft.errors import UserError
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """The full model and the two sub-models that share its layers."""
+
+    model: keras.Model  # normalised images -> class probabilities
+    features: keras.Model  # normalised images -> feature vectors (backbone + pooling)
+    head: keras.Model  # feature vectors -> class probabilities
+    backbone: Backbone
+
+
+def build_classifier(
+    backbone: Backbone, num_classes: int, cfg: ModelConfig, image_size: int
+) -> Classifier:
+    """Wires backbone, pooling and head into one functional model (backbone in inference mode)."""
+    images = keras.Input((image_size, image_size, 3), name="images")
+    maps = backbone.layer(images, training=False)
+    vectors = maps if backbone.outputs_vector else _pooling(cfg.pooling)(maps)
+    head = build_head(vectors.shape[-1], num_classes, cfg)
+    probabilities = head(vectors)
+    features = keras.Model(images, vectors, name="features")
+    model = keras.Model(images, probabilities, name="classifier")
+    return Classifier(model, features, head, backbone)
+
+
+def build_head(feature_dim: int, num_classes: int, cfg: ModelConfig) -> keras.Model:
+    """Dropout + Dense layers over feature vectors, softmax output in float32."""
+    features = keras.Input((feature_dim,), name="features")
+    x = features
+    regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
+    for i, units in enumerate(cfg.head_units):
+        if cfg.dropout > 0:
+            x = keras.layers.Dropout(cfg.dropout, name=f"head_dropout_{i}")(x)
+        x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
+                               name=f"head_dense_{i}")(x)
+    if cfg.dropout > 0:
+        x = keras.layers.Dropout(cfg.dropout, name="head_dropout_out")(x)
+    probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                       kernel_regularizer=regularizer, name="probabilities")(x)
+    return keras.Model(features, probabilities, name="head")
+
+
+def _pooling(kind: str) -> keras.layers.Layer:
+    return {
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+        "flatten": keras.layers.Flatten,
+    }[kind](name=f"pool_{kind}")
+
+
+def freeze_backbone(clf: Classifier) -> None:
+    """Head phase: nothing in the backbone trains."""
+    clf.backbone.layer.trainable = False
+
+
+def unfreeze_top_blocks(clf: Classifier, n: int, train_batchnorm: bool = False) -> None:
+    """Finetune phase: the top ``n`` blocks train; BatchNorm stays frozen unless asked.
+
+    The backbone is always called with ``training=False``, so BatchNorm uses its moving statistics
+    and never updates them; ``train_batchnorm`` only lets its scale/offset learn.
+    """
+    blocks = clf.backbone.blocks
+    if n > len(blocks):
+        raise UserError(f"--unfreeze_blocks: expected at most {len(blocks)} for --backbone="
+                        f"{clf.backbone.name}; received {n}.")
+    selected = {name for block in blocks[len(blocks) - n:] for name in block} if n else set()
+    layer = clf.backbone.layer
+    layer.trainable = n > 0
+    if isinstance(layer, keras.Model):
+        for sub in layer.layers:
+            is_bn = isinstance(sub, keras.layers.BatchNormalization)
+            sub.trainable = sub.name in selected and (train_batchnorm or not is_bn)
+    else:
+        for variable in layer.variables:
+            path = layer.path_of(variable)
+            is_bn_stat = "moving_" in path
+            is_bn = "/gamma" in path or "/beta" in path or is_bn_stat
+            variable.trainable = (path in selected and not is_bn_stat
+                                  and (train_batchnorm or not is_bn))
+
+
+def count_params(variables: list) -> int:
+    """Number of scalars in a list of variables."""
+    return int(sum(tf.size(v).numpy() for v in variables))

@@ -1,0 +1,77 @@
+"""What every ``python -m tfft.*`` command shares: flag parsing and one-line errors.
+
+User errors end as one line on stderr and a non-zero exit status, never a traceback:
+2 for bad input, 3 for a diverged loss.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from tfft.errors import TrainingDiverged, UserError  # noqa: E402
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+def fail(message: str, status: int = EXIT_USER_ERROR) -> None:
+    """Prints one line on stderr and exits."""
+    line = " ".join(str(message).split())
+    sys.stderr.write(f"tfft: error: {line}\n")
+    sys.stderr.flush()
+    sys.exit(status)
+
+
+def resolve_flagfile(arg: str) -> str:
+    """``--flagfile=NAME`` not found in the cwd falls back to the configs shipped with tfft."""
+    prefix = "--flagfile="
+    if not arg.startswith(prefix):
+        return arg
+    path = arg[len(prefix):]
+    if os.path.exists(path):
+        return arg
+    shipped = shipped_config(os.path.basename(path))
+    if shipped:
+        return prefix + shipped
+    fail(f"--flagfile: file {path!r} does not exist (nor among the shipped configs).")
+    return arg
+
+
+def shipped_config(name: str) -> str | None:
+    """Path of a config shipped with the package, or None."""
+    import importlib.resources
+
+    candidate = importlib.resources.files("tfft") / "configs" / name
+    return str(candidate) if candidate.is_file() else None
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """absl parsing whose errors are one line and exit status 2 (absl's own is 1)."""
+    argv = [argv[0]] + [resolve_flagfile(a) for a in argv[1:]]
+    try:
+        rest = flag_values(argv)
+    except flags.Error as err:
+        fail(str(err).strip().splitlines()[0])
+    if len(rest) > 1:
+        fail(f"unexpected argument(s) {' '.join(rest[1:])}; flags are written --name=value.")
+    return rest
+
+
+def run(main: Callable[[], None], parser: Callable[[list[str]], list[str]] = parse_flags) -> None:
+    """Runs ``main`` under absl with tfft's error handling."""
+
+    def wrapped(_argv: list[str]) -> None:
+        try:
+            main()
+        except UserError as err:
+            fail(str(err))
+        except TrainingDiverged as err:
+            fail(str(err), EXIT_DIVERGED)
+
+    app.run(wrapped, flags_parser=parser)

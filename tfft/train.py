@@ -1,0 +1,41 @@
+"""``python -m tfft.train --flagfile=configs/quickstart.cfg``: two-phase training from flags."""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from tfft import cli
+from tfft.flags import config_from_flags, define_config_flags
+
+FLAGS = flags.FLAGS
+define_config_flags()
+flags.DEFINE_string("workdir", "runs/default", "Run directory (config, metrics, model).")
+
+
+def check_workdir(path: str) -> None:
+    """A workdir we cannot write is refused before any work starts."""
+    from tfft.errors import UserError
+
+    parent = path
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    target = parent or "."
+    if not os.path.isdir(target) or not os.access(target, os.W_OK):
+        raise UserError(f"--workdir: expected a writable directory; {path!r} is not writable.")
+
+
+def main() -> None:
+    from tfft.config import validate
+
+    config = validate(config_from_flags(FLAGS))
+    check_workdir(FLAGS.workdir)
+    from tfft import distribute, train_lib
+
+    distribute.configure_cpu_devices(config.train.cpu_devices)
+    train_lib.train_and_evaluate(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    cli.run(main)

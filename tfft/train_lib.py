@@ -1,0 +1,359 @@
+"""Two-phase transfer learning: ``train_and_evaluate(config, workdir)``.
+
+One training code path for every tf.distribute strategy: a custom step run with
+``strategy.run`` (Keras 3 ``model.fit`` fails under MultiWorkerMirroredStrategy, STACK_FACTS §4b).
+Phase ``head`` trains the head on the frozen backbone, on cached backbone features when nothing
+makes them change between epochs; phase ``finetune`` unfreezes the top blocks at a lower
+learning rate with the backbone still in inference mode (BatchNorm statistics frozen).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfft import data as data_lib
+from tfft import distribute, rundir
+from tfft.backbones import build_backbone
+from tfft.classifier import (
+    Classifier,
+    build_classifier,
+    count_params,
+    freeze_backbone,
+    unfreeze_top_blocks,
+)
+from tfft.config import Config
+from tfft.errors import TrainingDiverged
+
+
+@dataclass
+class EpochStats:
+    """Sums over an epoch, reduced across replicas."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+
+    def add(self, sums: list[tf.Tensor]) -> None:
+        self.loss += float(sums[0])
+        self.correct += float(sums[1])
+        self.count += float(sums[2])
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.count, 1.0)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.count, 1.0)
+
+
+@dataclass
+class RunResult:
+    """What a run produced; the same numbers are in the run directory."""
+
+    config: Config
+    workdir: str
+    classifier: Classifier
+    class_names: tuple[str, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(self.metrics["test"]["accuracy"])
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on CPU -> same splits, initial weights, shuffles and metrics."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def train_and_evaluate(
+    config: Config,
+    workdir: str,
+    strategy: tf.distribute.Strategy | None = None,
+) -> RunResult:
+    """Trains both phases, evaluates on the test split and writes the run directory."""
+    strategy = strategy or distribute.make_strategy(config.train)
+    chief = distribute.is_chief(strategy)
+    out_dir = workdir if chief else tempfile.mkdtemp(prefix="tfft-worker-")
+    try:
+        return _run(config, out_dir, strategy)
+    finally:
+        if not chief:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy) -> RunResult:
+    seed_everything(config.train.seed)
+    say = _printer(config.train.verbosity)
+    splits = data_lib.load_splits(config.data, config.train.seed)
+    with strategy.scope():
+        backbone = build_backbone(config.model, config.data.image_size)
+        clf = build_classifier(backbone, splits.num_classes, config.model, config.data.image_size)
+    params = phase_param_counts(clf, config)
+    rundir.write_text(os.path.join(workdir, rundir.CONFIG), config.to_json() + "\n")
+    _print_summary(say, config, splits, params, strategy)
+
+    metrics: dict[str, Any] = {"phases": {}, "parameters": params, "backbone": backbone.identity}
+    trainer = Trainer(clf, config, splits, strategy, say)
+    freeze_backbone(clf)
+    metrics["phases"]["head"] = trainer.run_head_phase()
+    unfreeze_top_blocks(clf, config.finetune.unfreeze_blocks)
+    metrics["phases"]["finetune"] = trainer.run_finetune_phase()
+    freeze_backbone(clf)
+    test = trainer.evaluate(clf.model, trainer.batches(splits.test))
+    metrics["test"] = {"loss": test.mean_loss, "accuracy": test.accuracy,
+                       "examples": int(test.count)}
+    rundir.write_json(os.path.join(workdir, rundir.METRICS), metrics)
+    rundir.save_model(clf.model, os.path.join(workdir, rundir.MODEL))
+    say(f"Test accuracy: {test.accuracy:.4f} (loss {test.mean_loss:.4f}, "
+        f"{int(test.count)} examples)")
+    return RunResult(config, workdir, clf, splits.class_names, metrics)
+
+
+def phase_param_counts(clf: Classifier, config: Config) -> dict[str, int]:
+    """Trainable parameters in each phase (the backbone is left frozen afterwards)."""
+    freeze_backbone(clf)
+    head = count_params(clf.model.trainable_weights)
+    unfreeze_top_blocks(clf, config.finetune.unfreeze_blocks)
+    finetune = count_params(clf.model.trainable_weights)
+    freeze_backbone(clf)
+    return {"total": count_params(clf.model.weights), "head_trainable": head,
+            "finetune_trainable": finetune}
+
+
+class Trainer:
+    """Runs epochs of one model under one strategy; both phases go through ``fit``."""
+
+    def __init__(self, clf: Classifier, config: Config, splits: data_lib.Splits,
+                 strategy: tf.distribute.Strategy, say: Callable[[str], None]):
+        self.clf, self.config, self.splits, self.strategy, self.say = (
+            clf, config, splits, strategy, say)
+        self.seed = config.train.seed
+        self.augmenter = data_lib.make_augmenter(config.data.augment, self.seed)
+        self._eval_steps: dict[int, Callable] = {}
+
+    # ------------------------------------------------------------ phases
+
+    def run_head_phase(self) -> list[dict[str, Any]]:
+        epochs = self.config.head.head_epochs
+        if epochs == 0:
+            return []
+        lr = self.config.head.head_learning_rate
+        if self._use_feature_cache():
+            train, val = self._cached_features()
+            return self.fit("head", self.clf.head, train, val, epochs, lr)
+        train = self.batches(self.splits.train, training=True)
+        val = self.batches(self.splits.validation)
+        return self.fit("head", self.clf.model, train, val, epochs, lr)
+
+    def run_finetune_phase(self) -> list[dict[str, Any]]:
+        epochs = self.config.finetune.finetune_epochs
+        if epochs == 0 or self.config.finetune.unfreeze_blocks == 0:
+            return []
+        train = self.batches(self.splits.train, training=True)
+        val = self.batches(self.splits.validation)
+        return self.fit("finetune", self.clf.model, train, val, epochs,
+                        self.config.finetune.finetune_learning_rate)
+
+    def _use_feature_cache(self) -> bool:
+        mode = self.config.train.cache_features
+        if mode == "off":
+            return False
+        if self.augmenter is not None:
+            self.say("Feature cache off: augmentation changes the backbone's input every epoch.")
+            return False
+        return True
+
+    # ------------------------------------------------------------ data
+
+    def batches(self, ds: tf.data.Dataset, training: bool = False) -> tf.data.Dataset:
+        return data_lib.make_batches(
+            ds, self.config.data, self.clf.backbone.normalize, training=training, seed=self.seed,
+            augmenter=self.augmenter if training else None,
+            drop_remainder=distribute.needs_static_shapes(self.strategy))
+
+    def _cached_features(self) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        """Backbone features of train and validation, computed once, as batched datasets."""
+        cfg = self.config.data
+        train_x, train_y = self.extract_features(self.splits.train, "train")
+        val_x, val_y = self.extract_features(self.splits.validation, "validation")
+        train = tf.data.Dataset.from_tensor_slices((train_x, train_y))
+        train = train.shuffle(cfg.shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
+        drop = distribute.needs_static_shapes(self.strategy)
+        val = tf.data.Dataset.from_tensor_slices((val_x, val_y))
+        return (train.batch(cfg.batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE),
+                val.batch(cfg.batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE))
+
+    def extract_features(self, ds: tf.data.Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Runs the frozen backbone over one split once (with a progress bar)."""
+        model = self.clf.features
+        forward = tf.function(lambda x: model(x, training=False))
+        size = self.splits.sizes.get(name)
+        steps = -(-size // self.config.data.batch_size) if size else None
+        bar = self._progbar(steps, f"Features ({name})")
+        features, labels = [], []
+        for i, (x, y) in enumerate(self.batches(ds)):
+            features.append(forward(x).numpy())
+            labels.append(y.numpy())
+            if bar:
+                bar.update(i + 1)
+        dim = model.output.shape[-1]
+        return (np.concatenate(features) if features else np.zeros((0, dim), np.float32),
+                np.concatenate(labels) if labels else np.zeros((0,), np.int32))
+
+    # ------------------------------------------------------------ loop
+
+    def fit(self, phase: str, model: keras.Model, train: tf.data.Dataset,
+            val: tf.data.Dataset, epochs: int, learning_rate: float) -> list[dict[str, Any]]:
+        """Trains ``model`` for ``epochs``; early stopping restores the best epoch's weights."""
+        with self.strategy.scope():
+            optimizer = make_optimizer(self.config, learning_rate)
+            optimizer.build(model.trainable_variables)
+        step = self._train_step(model, optimizer)
+        dist_train = distribute.distribute(self.strategy, train)
+        steps = self._steps(train)
+        patience = self.config.train.early_stopping_patience
+        history: list[dict[str, Any]] = []
+        best, best_weights, waited = -1.0, None, 0
+        self.say(f"Phase {phase}: {epochs} epoch(s), learning rate {learning_rate:g}, "
+                 f"{count_params(model.trainable_weights):,} trainable parameters")
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            stats = EpochStats()
+            bar = self._progbar(steps, f"{phase} {epoch + 1}/{epochs}")
+            for i, batch in enumerate(dist_train):
+                stats.add(step(batch))
+                if not np.isfinite(stats.loss):
+                    raise TrainingDiverged(
+                        f"Loss became NaN/Inf in phase {phase}, epoch {epoch + 1}, step {i + 1}; "
+                        f"try a lower --{phase}_learning_rate.")
+                if bar:
+                    bar.update(i + 1, [("loss", stats.mean_loss), ("accuracy", stats.accuracy)])
+            val_stats = self.evaluate(model, val)
+            row = {"epoch": epoch + 1, "phase": phase, "loss": stats.mean_loss,
+                   "accuracy": stats.accuracy, "val_loss": val_stats.mean_loss,
+                   "val_accuracy": val_stats.accuracy, "learning_rate": learning_rate,
+                   "seconds": time.perf_counter() - start}
+            history.append(row)
+            self.say(f"  {phase} epoch {epoch + 1}: loss {row['loss']:.4f} acc "
+                     f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} val_acc "
+                     f"{row['val_accuracy']:.4f} ({row['seconds']:.1f}s)")
+            if patience:
+                if val_stats.accuracy > best:
+                    best, best_weights, waited = val_stats.accuracy, model.get_weights(), 0
+                else:
+                    waited += 1
+                    if waited >= patience:
+                        self.say(f"  early stop: no val_accuracy gain in {patience} epoch(s)")
+                        break
+        if best_weights is not None:
+            model.set_weights(best_weights)
+        return history
+
+    def evaluate(self, model: keras.Model, ds: tf.data.Dataset) -> EpochStats:
+        step = self._eval_steps.setdefault(id(model), self._eval_step(model))
+        stats = EpochStats()
+        for batch in distribute.distribute(self.strategy, ds):
+            stats.add(step(batch))
+        return stats
+
+    def _train_step(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
+        loss_fn = self._loss_fn()
+        variables = model.trainable_variables
+        num_classes = self.splits.num_classes
+
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                probs = model(x, training=True)
+                per_example = loss_fn(tf.one_hot(y, num_classes), probs)
+                loss = tf.nn.compute_average_loss(per_example)
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+            return _sums(per_example, probs, y)
+
+        return self._reduced(replica_step)
+
+    def _eval_step(self, model: keras.Model):
+        loss_fn = self._loss_fn()
+        num_classes = self.splits.num_classes
+
+        def replica_step(x, y):
+            probs = model(x, training=False)
+            return _sums(loss_fn(tf.one_hot(y, num_classes), probs), probs, y)
+
+        return self._reduced(replica_step)
+
+    def _reduced(self, replica_step):
+        strategy = self.strategy
+
+        @tf.function(reduce_retracing=True)
+        def step(batch):
+            sums = strategy.run(replica_step, args=batch)
+            return [strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+
+        return step
+
+    def _loss_fn(self) -> keras.losses.Loss:
+        return keras.losses.CategoricalCrossentropy(
+            label_smoothing=self.config.train.label_smoothing, reduction=None)
+
+    def _steps(self, ds: tf.data.Dataset) -> int | None:
+        n = int(ds.cardinality())
+        return n if n >= 0 else None
+
+    def _progbar(self, steps: int | None, title: str) -> keras.utils.Progbar | None:
+        if self.config.train.verbosity < 1:
+            return None
+        self.say(title)
+        return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
+
+
+def _sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> list[tf.Tensor]:
+    predicted = tf.argmax(probs, axis=-1, output_type=labels.dtype)
+    return [
+        tf.reduce_sum(per_example),
+        tf.reduce_sum(tf.cast(predicted == labels, tf.float32)),
+        tf.cast(tf.size(labels), tf.float32),
+    ]
+
+
+def make_optimizer(config: Config, learning_rate: float) -> keras.optimizers.Optimizer:
+    name, momentum = config.train.optimizer, config.train.momentum
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate, momentum=momentum)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def _printer(verbosity: int) -> Callable[[str], None]:
+    return print if verbosity >= 1 else (lambda _msg: None)
+
+
+def _print_summary(say, config: Config, splits: data_lib.Splits, params: dict[str, int],
+                   strategy: tf.distribute.Strategy) -> None:
+    replicas = strategy.num_replicas_in_sync
+    sizes = ", ".join(f"{k} {v:,}" for k, v in splits.sizes.items())
+    say(f"Dataset {config.data.dataset}: {sizes} examples; {splits.num_classes} classes "
+        f"({', '.join(splits.class_names[:10])}{', …' if splits.num_classes > 10 else ''})")
+    say(f"Backbone {config.model.backbone} (weights {config.model.weights}) at "
+        f"{config.data.image_size}px; parameters {params['total']:,}; trainable: head phase "
+        f"{params['head_trainable']:,}, finetune phase {params['finetune_trainable']:,}")
+    say(f"Strategy {config.train.strategy}: {replicas} replica(s); global batch "
+        f"{config.data.batch_size}, per replica {config.data.batch_size // replicas}")
