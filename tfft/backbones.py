@@ -129,7 +129,7 @@ def _resolve_weights(cfg: ModelConfig, image_size: int) -> tuple[str | None, dic
 
 def _weights_error(cfg: ModelConfig, weights: str | None, err: Exception) -> UserError:
     text = str(err)
-    url = re.search(r"URL fetch failure on (\S+?):", text)
+    url = re.search(r"URL fetch failure on (\S+):\s", text)
     if url:
         fname = url.group(1).rsplit("/", 1)[-1]
         return UserError(
@@ -173,13 +173,16 @@ class HubFeatureVector(keras.layers.Layer):
     """A Keras 3 layer around ``hub.load(handle)`` (hub.KerasLayer is tf_keras-only).
 
     The loaded module's tf.Variables are wrapped (not copied) as Keras variables so optimizers,
-    checkpoints and per-variable unfreezing see them. BatchNorm runs in inference mode unless the
-    layer is trainable and called with ``training=True``.
+    checkpoints and per-variable unfreezing see them. The module runs in inference mode
+    (BatchNorm statistics frozen) unless ``train_batchnorm`` is set: a Keras 3 functional model
+    passes its own ``training`` to every layer, whatever the layer was called with when the model
+    was built, so the layer itself must hold this decision.
     """
 
-    def __init__(self, handle: str, **kwargs):
+    def __init__(self, handle: str, train_batchnorm: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.handle = handle
+        self.train_batchnorm = train_batchnorm
         self._module = _load_hub_module(handle)
         trainable_ids = {id(v) for v in self._module.trainable_variables}
         self.variable_paths: tuple[str, ...] = ()
@@ -202,10 +205,12 @@ class HubFeatureVector(keras.layers.Layer):
         return {_variable_name(p): p for p in self.variable_paths}
 
     def call(self, inputs, training=False):
-        return self._module(inputs, training=bool(training) and self.trainable)
+        return self._module(
+            inputs, training=self.train_batchnorm and bool(training) and self.trainable)
 
     def get_config(self):
-        return {**super().get_config(), "handle": self.handle}
+        return {**super().get_config(), "handle": self.handle,
+                "train_batchnorm": self.train_batchnorm}
 
 
 def _variable_name(path: str) -> str:
@@ -242,7 +247,8 @@ def _build_hub(cfg: ModelConfig, image_size: int) -> Backbone:
     if len(probe.shape) != 2:
         raise UserError(f"--hub_handle: expected an image feature vector (output [batch, dim]); "
                         f"{cfg.hub_handle!r} returns shape {list(probe.shape)}.")
-    blocks = _group(layer.variable_paths, _hub_block_key(layer.variable_paths))
+    blocks = _merge_batchnorm_groups(
+        _group(layer.variable_paths, _hub_block_key(layer.variable_paths)))
     identity = {"backbone": "hub", "hub_handle": cfg.hub_handle,
                 "hub_resolved_path": _hub_resolved_path(cfg.hub_handle)}
     return Backbone("hub", layer, _hub_normalize, blocks, True, identity)
@@ -260,6 +266,23 @@ def _hub_block_key(paths: list[str]) -> Callable[[str], str]:
     while all(len(s) > common + 1 for s in split) and len({s[common] for s in split}) == 1:
         common += 1
     return lambda path: path.split("/")[common] if "/" in path else path
+
+
+def _merge_batchnorm_groups(
+    groups: tuple[tuple[str, ...], ...]
+) -> tuple[tuple[str, ...], ...]:
+    """A group of only BatchNorm variables belongs to the layer below it (Keras-made modules)."""
+    merged: list[tuple[str, ...]] = []
+    for group in groups:
+        if merged and all(_is_batchnorm_variable(p) for p in group):
+            merged[-1] = merged[-1] + group
+        else:
+            merged.append(group)
+    return tuple(merged)
+
+
+def _is_batchnorm_variable(path: str) -> bool:
+    return path.rsplit("/", 1)[-1] in ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 def _hub_resolved_path(handle: str) -> str:

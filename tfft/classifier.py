@@ -73,8 +73,9 @@ def freeze_backbone(clf: Classifier) -> None:
 def unfreeze_top_blocks(clf: Classifier, n: int, train_batchnorm: bool = False) -> None:
     """Finetune phase: the top ``n`` blocks train; BatchNorm stays frozen unless asked.
 
-    The backbone is always called with ``training=False``, so BatchNorm uses its moving statistics
-    and never updates them; ``train_batchnorm`` only lets its scale/offset learn.
+    Frozen BatchNorm layers run in inference mode (Keras 3 BatchNormalization only uses batch
+    statistics when it is trainable), so their moving statistics never change; the hub layer
+    makes the same decision itself. ``train_batchnorm`` lets BatchNorm scale/offset learn.
     """
     blocks = clf.backbone.blocks
     if n > len(blocks):
@@ -90,9 +91,9 @@ def unfreeze_top_blocks(clf: Classifier, n: int, train_batchnorm: bool = False) 
     else:
         for variable in layer.variables:
             path = layer.path_of(variable)
-            is_bn_stat = "moving_" in path
-            is_bn = "/gamma" in path or "/beta" in path or is_bn_stat
-            variable.trainable = (path in selected and not is_bn_stat
+            leaf = path.rsplit("/", 1)[-1]
+            is_bn = leaf in ("gamma", "beta", "moving_mean", "moving_variance")
+            variable.trainable = (path in selected and not leaf.startswith("moving_")
                                   and (train_batchnorm or not is_bn))
 
 

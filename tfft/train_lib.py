@@ -64,12 +64,29 @@ class RunResult:
     config: Config
     workdir: str
     classifier: Classifier
-    class_names: tuple[str, ...]
+    splits: data_lib.Splits
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.splits.class_names
 
     @property
     def test_accuracy(self) -> float:
         return float(self.metrics["test"]["accuracy"])
+
+
+class RunCallback:
+    """Hooks into a run (TensorBoard, reports, checkpoints); every method is optional."""
+
+    def on_phase_begin(self, phase: str, model: keras.Model, epochs: int) -> None:
+        """Called before the first epoch of a phase that runs."""
+
+    def on_epoch_end(self, row: dict[str, Any], model: keras.Model) -> None:
+        """Called after each epoch with its metrics row (see ``Trainer.fit``)."""
+
+    def on_run_end(self, result: RunResult) -> None:
+        """Called once, after the test evaluation, on the chief only."""
 
 
 def seed_everything(seed: int) -> None:
@@ -82,19 +99,21 @@ def train_and_evaluate(
     config: Config,
     workdir: str,
     strategy: tf.distribute.Strategy | None = None,
+    callbacks: tuple[RunCallback, ...] = (),
 ) -> RunResult:
     """Trains both phases, evaluates on the test split and writes the run directory."""
     strategy = strategy or distribute.make_strategy(config.train)
     chief = distribute.is_chief(strategy)
     out_dir = workdir if chief else tempfile.mkdtemp(prefix="tfft-worker-")
     try:
-        return _run(config, out_dir, strategy)
+        return _run(config, out_dir, strategy, callbacks if chief else ())
     finally:
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy) -> RunResult:
+def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy,
+         callbacks: tuple[RunCallback, ...]) -> RunResult:
     seed_everything(config.train.seed)
     say = _printer(config.train.verbosity)
     splits = data_lib.load_splits(config.data, config.train.seed)
@@ -106,7 +125,7 @@ def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy) -> RunR
     _print_summary(say, config, splits, params, strategy)
 
     metrics: dict[str, Any] = {"phases": {}, "parameters": params, "backbone": backbone.identity}
-    trainer = Trainer(clf, config, splits, strategy, say)
+    trainer = Trainer(clf, config, splits, strategy, say, callbacks)
     freeze_backbone(clf)
     metrics["phases"]["head"] = trainer.run_head_phase()
     unfreeze_top_blocks(clf, config.finetune.unfreeze_blocks)
@@ -117,9 +136,12 @@ def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy) -> RunR
                        "examples": int(test.count)}
     rundir.write_json(os.path.join(workdir, rundir.METRICS), metrics)
     rundir.save_model(clf.model, os.path.join(workdir, rundir.MODEL))
+    result = RunResult(config, workdir, clf, splits, metrics)
+    for callback in callbacks:
+        callback.on_run_end(result)
     say(f"Test accuracy: {test.accuracy:.4f} (loss {test.mean_loss:.4f}, "
         f"{int(test.count)} examples)")
-    return RunResult(config, workdir, clf, splits.class_names, metrics)
+    return result
 
 
 def phase_param_counts(clf: Classifier, config: Config) -> dict[str, int]:
@@ -137,9 +159,12 @@ class Trainer:
     """Runs epochs of one model under one strategy; both phases go through ``fit``."""
 
     def __init__(self, clf: Classifier, config: Config, splits: data_lib.Splits,
-                 strategy: tf.distribute.Strategy, say: Callable[[str], None]):
+                 strategy: tf.distribute.Strategy, say: Callable[[str], None],
+                 callbacks: tuple[RunCallback, ...] = ()):
         self.clf, self.config, self.splits, self.strategy, self.say = (
             clf, config, splits, strategy, say)
+        self.callbacks = callbacks
+        self.global_step = 0
         self.seed = config.train.seed
         self.augmenter = data_lib.make_augmenter(config.data.augment, self.seed)
         self._eval_steps: dict[int, Callable] = {}
@@ -229,12 +254,15 @@ class Trainer:
         best, best_weights, waited = -1.0, None, 0
         self.say(f"Phase {phase}: {epochs} epoch(s), learning rate {learning_rate:g}, "
                  f"{count_params(model.trainable_weights):,} trainable parameters")
+        for callback in self.callbacks:
+            callback.on_phase_begin(phase, model, epochs)
         for epoch in range(epochs):
             start = time.perf_counter()
             stats = EpochStats()
             bar = self._progbar(steps, f"{phase} {epoch + 1}/{epochs}")
             for i, batch in enumerate(dist_train):
                 stats.add(step(batch))
+                self.global_step += 1
                 if not np.isfinite(stats.loss):
                     raise TrainingDiverged(
                         f"Loss became NaN/Inf in phase {phase}, epoch {epoch + 1}, step {i + 1}; "
@@ -245,8 +273,10 @@ class Trainer:
             row = {"epoch": epoch + 1, "phase": phase, "loss": stats.mean_loss,
                    "accuracy": stats.accuracy, "val_loss": val_stats.mean_loss,
                    "val_accuracy": val_stats.accuracy, "learning_rate": learning_rate,
-                   "seconds": time.perf_counter() - start}
+                   "seconds": time.perf_counter() - start, "global_step": self.global_step}
             history.append(row)
+            for callback in self.callbacks:
+                callback.on_epoch_end(row, model)
             self.say(f"  {phase} epoch {epoch + 1}: loss {row['loss']:.4f} acc "
                      f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} val_acc "
                      f"{row['val_accuracy']:.4f} ({row['seconds']:.1f}s)")

@@ -1,0 +1,157 @@
+"""Data sources and preprocessing: eager == tf.data, shapes, folders, npz, TFDS (mocked)."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tfft import data as data_lib
+from tfft.config import DataConfig
+from tfft.errors import UserError
+
+from conftest import write_image_folder
+
+
+def unit_normalize(x):
+    return x / 255.0
+
+
+def test_preprocess_same_eagerly_and_in_tf_data():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+    eager = data_lib.preprocess_images(tf.constant(images), 48, unit_normalize).numpy()
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(3).map(
+        lambda x: data_lib.preprocess_images(x, 48, unit_normalize))
+    piped = np.concatenate([b.numpy() for b in ds])
+    np.testing.assert_array_equal(eager, piped)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (50, 70, 3), (5, 28, 28, 1), (2, 9, 9, 3)])
+def test_grayscale_to_rgb_and_resize_shapes(shape):
+    out = data_lib.preprocess_images(tf.zeros(shape, tf.uint8), 32, unit_normalize)
+    assert out.dtype == tf.float32
+    assert out.shape[-3:] == (32, 32, 3)
+    assert out.shape[:-3] == shape[:-3]
+
+
+def test_grayscale_to_rgb_copies_the_channel_and_dynamic_channels_work():
+    gray = tf.constant(np.arange(16, dtype=np.uint8).reshape(4, 4, 1))
+    rgb = data_lib.to_rgb(gray).numpy()
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+    fn = tf.function(data_lib.to_rgb, input_signature=[tf.TensorSpec([4, 4, None], tf.uint8)])
+    np.testing.assert_array_equal(fn(gray).numpy(), rgb)
+
+
+def test_pipeline_is_lazy_batched_and_normalised():
+    cfg = DataConfig(dataset="sample:mnist", image_size=40, batch_size=8)
+    splits = data_lib.load_splits(cfg, seed=0)
+    batch_x, batch_y = next(iter(data_lib.make_batches(
+        splits.train, cfg, unit_normalize, training=True, seed=0)))
+    assert batch_x.shape == (8, 40, 40, 3) and batch_x.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(batch_x)) and float(tf.reduce_max(batch_x)) <= 1.0
+    assert batch_y.dtype == tf.int32
+    assert splits.train.element_spec[0].shape == (28, 28, 1), "stored size, not resized"
+
+
+def test_sample_mnist_splits_and_class_names():
+    splits = data_lib.load_splits(DataConfig(dataset="sample:mnist"), seed=0)
+    assert splits.sizes == {"train": 4500, "validation": 500, "test": 1000}
+    assert splits.class_names == tuple(str(i) for i in range(10))
+
+
+def test_folder_source_reads_classes_and_splits(tmp_path):
+    root = write_image_folder(str(tmp_path / "f"), {"b_dog": 10, "a_cat": 10}, fmt="PNG")
+    (tmp_path / "f" / "a_cat" / "notes.txt").write_text("not an image")
+    cfg = DataConfig(dataset=f"folder:{root}", validation_fraction=0.2, test_fraction=0.2)
+    splits = data_lib.load_splits(cfg, seed=3)
+    assert splits.class_names == ("a_cat", "b_dog")
+    assert splits.sizes == {"train": 12, "validation": 4, "test": 4}
+    image, label = next(iter(splits.train))
+    assert image.shape == (40, 40, 3) and image.dtype == tf.uint8
+    again = data_lib.load_splits(cfg, seed=3)
+    assert [int(y) for _, y in splits.test] == [int(y) for _, y in again.test]
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data_lib.load_splits(DataConfig(dataset=f"folder:{tmp_path}/missing"), 0)
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    with pytest.raises(UserError, match="at least 2 class subfolders"):
+        data_lib.load_splits(DataConfig(dataset=f"folder:{tmp_path}/one"), 0)
+    (tmp_path / "one" / "other").mkdir()
+    with pytest.raises(UserError, match="received none"):
+        data_lib.load_splits(DataConfig(dataset=f"folder:{tmp_path}/one"), 0)
+
+
+def test_npz_source_carves_seeded_splits(tmp_path):
+    x = np.random.default_rng(0).integers(0, 255, (50, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(50) % 5
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=y, class_names=np.array(list("abcde")))
+    cfg = DataConfig(dataset=f"npz:{path}", validation_fraction=0.2, test_fraction=0.1)
+    splits = data_lib.load_splits(cfg, seed=1)
+    assert splits.sizes == {"train": 35, "validation": 10, "test": 5}
+    assert splits.class_names == tuple("abcde")
+    seen = np.concatenate([np.stack([i.numpy() for i, _ in s])
+                           for s in (splits.train, splits.validation, splits.test)])
+    assert len({im.tobytes() for im in seen}) == 50, "splits are disjoint and complete"
+
+
+def test_npz_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data_lib.load_splits(DataConfig(dataset=f"npz:{tmp_path}/no.npz"), 0)
+    np.savez(tmp_path / "f.npz", x=np.zeros((4, 8, 8), np.float32), y=np.zeros(4, int))
+    with pytest.raises(UserError, match="uint8"):
+        data_lib.load_splits(DataConfig(dataset=f"npz:{tmp_path}/f.npz"), 0)
+
+
+def test_separate_test_dataset(tmp_path):
+    x = np.zeros((20, 8, 8), np.uint8)
+    np.savez(tmp_path / "tr.npz", x=x, y=np.arange(20) % 2)
+    np.savez(tmp_path / "te.npz", x=x[:7], y=np.arange(7) % 2)
+    cfg = DataConfig(dataset=f"npz:{tmp_path}/tr.npz", test_dataset=f"npz:{tmp_path}/te.npz",
+                     validation_fraction=0.25, test_fraction=0.5)
+    assert data_lib.load_splits(cfg, 0).sizes == {"train": 15, "validation": 5, "test": 7}
+
+
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_source_under_mock_data(name, shape):
+    with tfds.testing.mock_data(num_examples=20):
+        splits = data_lib.load_splits(
+            DataConfig(dataset=f"tfds:{name}", validation_fraction=0.25), seed=0)
+        assert splits.num_classes == 10
+        assert splits.sizes["test"] == 20
+        assert 0 < splits.sizes["validation"] < splits.sizes["train"] + splits.sizes["validation"]
+        image, label = next(iter(splits.train))
+        assert tuple(image.shape) == shape and label.dtype == tf.int32
+
+
+def test_tfds_split_carving_when_dataset_lacks_splits():
+    assert data_lib._tfds_split_names({"train", "test"}, (0.1, 0.2)) == (
+        "train[:90%]", "train[90%:100%]", "test")
+    assert data_lib._tfds_split_names({"train"}, (0.1, 0.2)) == (
+        "train[:70%]", "train[70%:80%]", "train[80%:]")
+    assert data_lib._tfds_split_names({"train", "validation", "test"}, (0.1, 0.2))[1] == \
+        "validation"
+
+
+def test_tfds_offline_fails_fast_with_one_line(tmp_path, monkeypatch):
+    def no_dns(*_args, **_kwargs):
+        raise socket.gaierror("offline")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    cfg = DataConfig(dataset="tfds:mnist", tfds_data_dir=str(tmp_path))
+    with pytest.raises(UserError, match="--tfds_data_dir") as err:
+        data_lib.load_splits(cfg, seed=0)
+    assert "\n" not in str(err.value)
+
+
+def test_augmenter_changes_training_images_only():
+    aug = data_lib.make_augmenter(("flip", "rotate", "zoom", "crop"), seed=0)
+    images = tf.random.uniform((4, 32, 32, 3))
+    assert aug(images).shape == images.shape
+    assert data_lib.make_augmenter((), seed=0) is None

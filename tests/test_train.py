@@ -1,0 +1,131 @@
+"""Two-phase training: short runs of each phase, the run directory, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tfft import train_lib
+from tfft.classifier import count_params
+
+from conftest import ROOT, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    return train_lib.train_and_evaluate(tiny_config(head_epochs=2, finetune_epochs=1), workdir)
+
+
+def test_run_directory_holds_config_metrics_and_model(tiny_run):
+    files = set(os.listdir(tiny_run.workdir))
+    assert {"config.json", "metrics.json", "model.keras"} <= files
+    with open(os.path.join(tiny_run.workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert [r["epoch"] for r in metrics["phases"]["head"]] == [1, 2]
+    assert [r["epoch"] for r in metrics["phases"]["finetune"]] == [1]
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["examples"] == 32
+    assert metrics["parameters"]["finetune_trainable"] > metrics["parameters"]["head_trainable"]
+    with open(os.path.join(tiny_run.workdir, "config.json")) as f:
+        assert json.load(f)["model"]["backbone"] == "mobilenet"
+
+
+def test_saved_model_reloads_safely_and_predicts_the_same(tiny_run):
+    model = keras.models.load_model(os.path.join(tiny_run.workdir, "model.keras"),
+                                    safe_mode=True)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               tiny_run.classifier.model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_head_phase_changes_only_the_head(tmp_path):
+    config = tiny_config(head_epochs=1, finetune_epochs=0)
+    result = train_lib.train_and_evaluate(config, str(tmp_path))
+    fresh = tiny_config(head_epochs=0, finetune_epochs=0)
+    untouched = train_lib.train_and_evaluate(fresh, str(tmp_path / "fresh"))
+    trained, initial = result.classifier, untouched.classifier
+    for a, b in zip(trained.backbone.layer.weights, initial.backbone.layer.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in
+               zip(trained.head.weights, initial.head.weights, strict=True))
+
+
+def test_finetune_phase_changes_top_blocks_but_not_batchnorm_statistics(tmp_path):
+    config = tiny_config(head_epochs=0, finetune_epochs=1, unfreeze_blocks=2,
+                         finetune_learning_rate=0.01)
+    trained = train_lib.train_and_evaluate(config, str(tmp_path)).classifier.backbone.layer
+    initial = train_lib.train_and_evaluate(config.replace(finetune_epochs=0),
+                                           str(tmp_path / "fresh")).classifier.backbone.layer
+    changed = {w.path for w, v in zip(trained.weights, initial.weights, strict=True)
+               if not np.array_equal(w.numpy(), v.numpy())}
+    assert any("conv_pw_13" in p for p in changed)
+    assert not any("conv1/" in p or "conv_dw_1/" in p for p in changed), "low blocks frozen"
+    assert not any("moving" in p for p in changed), "BatchNorm statistics frozen"
+
+
+def test_cached_and_uncached_head_phase_agree(tmp_path):
+    config = tiny_config(head_epochs=2, finetune_epochs=0, dropout=0.0)
+    cached = train_lib.train_and_evaluate(config, str(tmp_path / "a"))
+    direct = train_lib.train_and_evaluate(config.replace(cache_features="off"),
+                                          str(tmp_path / "b"))
+    for a, b in zip(cached.classifier.head.weights, direct.classifier.head.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
+
+
+def test_zero_epoch_phases_and_parameter_counts(tmp_path):
+    config = tiny_config(head_epochs=0, finetune_epochs=0)
+    result = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert result.metrics["phases"] == {"head": [], "finetune": []}
+    assert result.metrics["parameters"]["head_trainable"] == count_params(
+        result.classifier.head.trainable_weights)
+
+
+def test_augmentation_turns_the_feature_cache_off(tmp_path, capsys):
+    config = tiny_config(head_epochs=1, finetune_epochs=0, augment=("flip",), verbosity=1)
+    train_lib.train_and_evaluate(config, str(tmp_path))
+    assert "Feature cache off: augmentation" in capsys.readouterr().out
+
+
+def run_cli(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "tfft.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_trains_and_prints_test_accuracy(tmp_path):
+    proc = run_cli("--flagfile=configs/quickstart.cfg", f"--workdir={tmp_path}",
+                   "--image_size=32", "--head_epochs=1", "--finetune_epochs=1",
+                   "--max_train_examples=64", "--max_eval_examples=32", "--verbosity=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Test accuracy:" in proc.stdout.strip().splitlines()[-1]
+    assert "trainable: head phase" in proc.stdout
+
+
+def test_cli_finds_shipped_config_by_bare_name(tmp_path):
+    proc = run_cli("--flagfile=quickstart.cfg", f"--workdir={tmp_path}", "--image_size=32",
+                   "--head_epochs=0", "--finetune_epochs=0", "--max_train_examples=16",
+                   "--max_eval_examples=16", "--verbosity=0", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.exists(tmp_path / "metrics.json")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--bogus_flag=1"], "bogus_flag"),
+    (["--backbone=vgg61"], "--backbone"),
+    (["--head_epochs=abc"], "head_epochs"),
+    (["--flagfile=configs/nope.cfg"], "nope.cfg"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    workdir = tmp_path / "wd"
+    proc = run_cli(*args, f"--workdir={workdir}")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()
