@@ -74,6 +74,7 @@ def test_hub_backbone_counts_and_blocks(hub_feature_vector):
 
 def test_hub_variables_change_in_finetune_not_in_head(hub_feature_vector):
     from conftest import tiny_config
+
     from tfft import train_lib
 
     original = {v.name.split(":")[0]: v.numpy()

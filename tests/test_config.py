@@ -7,12 +7,11 @@ import os
 
 import pytest
 from absl import flags
+from conftest import ROOT
 
 from tfft.config import Config, validate
 from tfft.errors import UserError
 from tfft.flags import config_from_flags, define_config_flags
-
-from conftest import ROOT
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
 

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from conftest import write_image_folder
 
 from tfft import data as data_lib
 from tfft.config import DataConfig
 from tfft.errors import UserError
-
-from conftest import write_image_folder
 
 
 def unit_normalize(x):
@@ -52,7 +51,7 @@ def test_pipeline_is_lazy_batched_and_normalised():
     batch_x, batch_y = next(iter(data_lib.make_batches(
         splits.train, cfg, unit_normalize, training=True, seed=0)))
     assert batch_x.shape == (8, 40, 40, 3) and batch_x.dtype == tf.float32
-    assert 0.0 <= float(tf.reduce_min(batch_x)) and float(tf.reduce_max(batch_x)) <= 1.0
+    assert float(tf.reduce_min(batch_x)) >= 0.0 and float(tf.reduce_max(batch_x)) <= 1.0
     assert batch_y.dtype == tf.int32
     assert splits.train.element_spec[0].shape == (28, 28, 1), "stored size, not resized"
 

@@ -10,11 +10,10 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import ROOT, tiny_config
 
 from tfft import train_lib
 from tfft.classifier import count_params
-
-from conftest import ROOT, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -242,8 +242,9 @@ def _build_hub(cfg: ModelConfig, image_size: int) -> Backbone:
     try:
         probe = layer(tf.zeros((1, image_size, image_size, 3)))
     except Exception as err:  # noqa: BLE001 - signature mismatch of a foreign module
+        reason = str(err).splitlines()[0][:160]
         raise UserError(f"--hub_handle: {cfg.hub_handle!r} does not take [batch, {image_size}, "
-                        f"{image_size}, 3] float images ({str(err).splitlines()[0][:160]}).") from None
+                        f"{image_size}, 3] float images ({reason}).") from None
     if len(probe.shape) != 2:
         raise UserError(f"--hub_handle: expected an image feature vector (output [batch, dim]); "
                         f"{cfg.hub_handle!r} returns shape {list(probe.shape)}.")

@@ -152,10 +152,7 @@ def _load_source(
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset, tuple[str, ...]]:
     kind, _, arg = spec.partition(":")
     test_fraction = 0.0 if separate_test else cfg.test_fraction
-    if whole:
-        fractions = (0.0, 1.0)
-    else:
-        fractions = (cfg.validation_fraction, test_fraction)
+    fractions = (0.0, 1.0) if whole else (cfg.validation_fraction, test_fraction)
     if kind == "sample":
         if arg not in SAMPLES:
             raise UserError(f"--dataset: expected sample:{'|'.join(SAMPLES)}; received {spec!r}.")
@@ -272,7 +269,7 @@ def _from_tfds(name: str, cfg: DataConfig, seed: int, fractions: tuple[float, fl
     except Exception as err:  # noqa: BLE001 - TFDS raises several types for unknown names
         raise UserError(f"--dataset: unknown TFDS dataset {name!r} ({_first_line(err)}).") from None
     info = builder.info
-    label = info.features["label"] if "label" in info.features else None
+    label = info.features.get("label", None)
     if label is None or not hasattr(label, "names"):
         raise UserError(f"--dataset: expected an image classification dataset with a 'label' "
                         f"feature; {name!r} has {sorted(info.features)}.")
