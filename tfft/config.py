@@ -22,7 +22,8 @@ POOLINGS = ("avg", "max", "flatten")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 AUGMENTATIONS = ("flip", "rotate", "zoom", "crop")
-CACHE_MODES = ("auto", "memory", "off")
+CACHE_MODES = ("auto", "memory", "disk", "off")
+CACHE_DTYPES = ("float32", "float16")
 DATASET_KINDS = ("tfds", "folder", "npz", "sample")
 
 
@@ -108,7 +109,15 @@ class TrainConfig:
     )
     cache_features: str = _f(
         "auto",
-        "Head phase on cached backbone features: auto (on without augmentation), memory, off.",
+        "Head phase on cached backbone features: auto (= memory unless augmentation), memory, "
+        "disk (keyed files in --cache_dir, reused across runs), off.",
+    )
+    cache_dtype: str = _f(
+        "float32", "Storage dtype of cached features: float32, or float16 (half the memory/disk)."
+    )
+    cache_dir: str = _f(
+        "", "Directory of the disk feature cache (empty = ~/.cache/tfft/features, or under "
+        "$XDG_CACHE_HOME when set)."
     )
     seed: int = _f(42, "Random seed for splits, shuffling and initialisation.")
     strategy: str = _f("default", f"tf.distribute strategy: one of {', '.join(STRATEGIES)}.")
@@ -208,6 +217,7 @@ def validate(config: Config) -> Config:
     _choice("optimizer", t.optimizer, OPTIMIZERS)
     _choice("strategy", t.strategy, STRATEGIES)
     _choice("cache_features", t.cache_features, CACHE_MODES)
+    _choice("cache_dtype", t.cache_dtype, CACHE_DTYPES)
     for aug in d.augment:
         _choice("augment", aug, AUGMENTATIONS)
     for name in ("image_size", "batch_size", "shuffle_buffer", "cpu_devices"):
