@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
@@ -63,10 +64,35 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     return rest
 
 
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ start-up banner kept off the terminal.
+
+    TensorFlow's runtime prints oneDNN/CUDA notices on stderr before any log level applies, which
+    would bury tfft's one-line errors. They are shown after all if the import itself fails.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def run(main: Callable[[], None], parser: Callable[[list[str]], list[str]] = parse_flags) -> None:
     """Runs ``main`` under absl with tfft's error handling."""
 
     def wrapped(_argv: list[str]) -> None:
+        import_tensorflow_quietly()
         try:
             main()
         except UserError as err:
