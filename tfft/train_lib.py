@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfft import data as data_lib
-from tfft import distribute, rundir
+from tfft import distribute, feature_cache, rundir
 from tfft.backbones import build_backbone
 from tfft.classifier import (
     Classifier,
@@ -212,31 +212,33 @@ class Trainer:
     def _cached_features(self) -> tuple[tf.data.Dataset, tf.data.Dataset]:
         """Backbone features of train and validation, computed once, as batched datasets."""
         cfg = self.config.data
-        train_x, train_y = self.extract_features(self.splits.train, "train")
-        val_x, val_y = self.extract_features(self.splits.validation, "validation")
-        train = tf.data.Dataset.from_tensor_slices((train_x, train_y))
-        train = train.shuffle(cfg.shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
         drop = distribute.needs_static_shapes(self.strategy)
-        val = tf.data.Dataset.from_tensor_slices((val_x, val_y))
-        return (train.batch(cfg.batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE),
-                val.batch(cfg.batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE))
+        train = self.extract_features(self.splits.train, "train")
+        val = self.extract_features(self.splits.validation, "validation")
+        return (train.batches(cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=self.seed,
+                              drop_remainder=drop),
+                val.batches(cfg.batch_size, drop_remainder=drop))
 
-    def extract_features(self, ds: tf.data.Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Runs the frozen backbone over one split once (with a progress bar)."""
-        model = self.clf.features
+    def extract_features(self, ds: tf.data.Dataset, name: str) -> feature_cache.CachedSplit:
+        """Runs the frozen backbone over one split once (or reads its disk cache entry)."""
+        model, cfg = self.clf.features, self.config
+        entry, fields = "", None
+        if cfg.train.cache_features == "disk":
+            fields = feature_cache.key_fields(cfg, name, self.clf.backbone.identity, model)
+            key = feature_cache.cache_key(fields)
+            entry = feature_cache.entry_path(cfg, name, key)
+            cached = feature_cache.read(entry, key)
+            if cached is not None:
+                self.say(f"Features ({name}): {cached.count:,} read from {entry}")
+                return cached
         forward = tf.function(lambda x: model(x, training=False))
-        size = self.splits.sizes.get(name)
-        steps = -(-size // self.config.data.batch_size) if size else None
-        bar = self._progbar(steps, f"Features ({name})")
-        features, labels = [], []
-        for i, (x, y) in enumerate(self.batches(ds)):
-            features.append(forward(x).numpy())
-            labels.append(y.numpy())
-            if bar:
-                bar.update(i + 1)
-        dim = model.output.shape[-1]
-        return (np.concatenate(features) if features else np.zeros((0, dim), np.float32),
-                np.concatenate(labels) if labels else np.zeros((0,), np.int32))
+        size = self.splits.sizes.get(name, 0)
+        bar = self._progbar(-(-size // cfg.data.batch_size) if size else None,
+                            f"Features ({name})")
+        return feature_cache.extract(
+            forward, self.batches(ds), count=size, dim=int(np.prod(model.output.shape[1:])),
+            dtype=cfg.train.cache_dtype, entry=entry, key_fields=fields,
+            on_batch=bar.update if bar else None)
 
     # ------------------------------------------------------------ loop
 
