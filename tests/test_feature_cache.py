@@ -134,3 +134,11 @@ def test_truncated_or_foreign_entries_are_not_read(tmp_path):
     with open(os.path.join(entry, feature_cache.FEATURES_FILE), "r+b") as f:
         f.truncate(8)
     assert feature_cache.read(entry, key) is None
+
+
+def test_auto_streams_features_to_disk_when_they_would_not_fit_in_memory(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(feature_cache, "MEMORY_LIMIT_BYTES", 1000)
+    head_run(tmp_path, "auto", cache_features="auto", head_epochs=1, verbosity=1)
+    assert "Feature cache on disk (--cache_dir)" in capsys.readouterr().out
+    assert {n.split("-")[0] for n in entries(tmp_path)} == {"train", "validation"}

@@ -36,7 +36,22 @@ LABELS_FILE = "labels.bin"
 META_FILE = "meta.json"
 LABEL_DTYPE = np.dtype("<i4")
 
+# ``--cache_features=auto`` keeps features in RAM up to this size, and streams them to disk above
+# it (VGG16 with flatten at 224 px over 54,000 MNIST digits would need 5.4 GB of float32 RAM).
+MEMORY_LIMIT_BYTES = 1 << 30
+
 Forward = Callable[[tf.Tensor], tf.Tensor]
+
+
+def on_disk(mode: str, count: int, dim: int, dtype: str, say: Callable[[str], None]) -> bool:
+    """Whether a split's features go to the disk cache (``disk``, or ``auto`` when too big)."""
+    size = count * dim * np.dtype(dtype).itemsize
+    if mode == "auto" and size > MEMORY_LIMIT_BYTES:
+        say(f"Feature cache on disk (--cache_dir): {count:,} x {dim:,} {dtype} features would "
+            f"take {size / 2**30:.1f} GiB of RAM (auto keeps at most "
+            f"{MEMORY_LIMIT_BYTES / 2**30:.0f} GiB in memory).")
+        return True
+    return mode == "disk"
 
 
 @dataclass(frozen=True)

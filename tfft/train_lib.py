@@ -222,8 +222,10 @@ class Trainer:
     def extract_features(self, ds: tf.data.Dataset, name: str) -> feature_cache.CachedSplit:
         """Runs the frozen backbone over one split once (or reads its disk cache entry)."""
         model, cfg = self.clf.features, self.config
+        size, dim = self.splits.sizes.get(name, 0), int(np.prod(model.output.shape[1:]))
         entry, fields = "", None
-        if cfg.train.cache_features == "disk":
+        if feature_cache.on_disk(cfg.train.cache_features, size, dim, cfg.train.cache_dtype,
+                                 self.say):
             fields = feature_cache.key_fields(cfg, name, self.clf.backbone.identity, model)
             key = feature_cache.cache_key(fields)
             entry = feature_cache.entry_path(cfg, name, key)
@@ -232,11 +234,10 @@ class Trainer:
                 self.say(f"Features ({name}): {cached.count:,} read from {entry}")
                 return cached
         forward = tf.function(lambda x: model(x, training=False))
-        size = self.splits.sizes.get(name, 0)
         bar = self._progbar(-(-size // cfg.data.batch_size) if size else None,
                             f"Features ({name})")
         return feature_cache.extract(
-            forward, self.batches(ds), count=size, dim=int(np.prod(model.output.shape[1:])),
+            forward, self.batches(ds), count=size, dim=dim,
             dtype=cfg.train.cache_dtype, entry=entry, key_fields=fields,
             on_batch=bar.update if bar else None)
 
