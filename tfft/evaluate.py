@@ -1,0 +1,201 @@
+"""``python -m tfft.evaluate --workdir=RUN`` (or ``--model=EXPORT_DIR[/<version>]``).
+
+Evaluates a trained classifier on a test split and reports accuracy, per-class precision /
+recall / F1 and the confusion matrix; writes ``evaluation.json`` and ``confusion_matrix.png``.
+
+Both kinds of model are evaluated through the same serving computation (``serve_pixels``) on
+raw uint8 images: a run's ``model.keras`` through ``tfft.export.ServingFunctions`` in memory, an
+exported SavedModel through its own signature. So the numbers describe what serving answers.
+The test split is the run's (from ``config.json``, or the config in the export's assets), or
+the whole of ``--test_dataset``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfft import data as data_lib
+from tfft import export, rundir
+from tfft.config import Config
+from tfft.errors import UserError
+
+EVALUATION_FILE = "evaluation.json"
+CONFUSION_FILE = "confusion_matrix.png"
+PixelsFn = Callable[[tf.Tensor], dict[str, tf.Tensor]]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier to evaluate: its serve_pixels computation, config and class names."""
+
+    pixels: PixelsFn
+    config: Config
+    class_names: tuple[str, ...]
+    source: str
+
+
+def load_for_evaluation(workdir: str = "", model: str = "") -> LoadedModel:
+    """A run's ``model.keras`` (``workdir``) or an exported SavedModel (``model``)."""
+    if model:
+        version_dir = export.resolve_version_dir(model)
+        config_path = os.path.join(version_dir, "assets", export.CONFIG_FILE)
+        if workdir:
+            config_path = os.path.join(workdir, rundir.CONFIG)
+        if not os.path.isfile(config_path):
+            raise UserError(f"--model: expected the run's config at {config_path!r} "
+                            "(pass --workdir=RUN of the exported run).")
+        with open(config_path) as f:
+            config = Config.from_json(f.read())
+        loaded = tf.saved_model.load(version_dir)
+        signature = loaded.signatures.get(export.PIXELS_SIGNATURE)
+        if signature is None:
+            raise UserError(f"--model: {version_dir!r} has no {export.PIXELS_SIGNATURE!r} "
+                            "signature (not a tfft export).")
+        names = _read_labels(version_dir)
+        return LoadedModel(lambda x: signature(pixels=x), config, names, version_dir)
+    if not workdir:
+        raise UserError("--workdir/--model: expected a run directory or an exported model; "
+                        "received neither.")
+    config, keras_model = export.load_run(workdir)
+    names = export.run_class_names(workdir, config)
+    serving = export.ServingFunctions(keras_model, names, config)
+    return LoadedModel(serving.pixels, config, names,
+                       os.path.join(workdir, rundir.MODEL))
+
+
+def _read_labels(version_dir: str) -> tuple[str, ...]:
+    path = os.path.join(version_dir, "assets", export.LABELS_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"--model: expected class names in {path!r}; the file does not exist.")
+    with open(path) as f:
+        return tuple(line.rstrip("\n") for line in f if line.strip())
+
+
+def load_test_split(config: Config, test_dataset: str = "") -> tf.data.Dataset:
+    """The run's raw test split, or all of ``test_dataset`` (capped like the run's)."""
+    if test_dataset:
+        config = config.replace(test_dataset=test_dataset)
+    return data_lib.load_splits(config.data, config.train.seed).test
+
+
+def predict_split(pixels: PixelsFn, ds: tf.data.Dataset,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted class ids over raw (uint8 image, label) examples."""
+    same_size = ds.element_spec[0].shape.is_fully_defined()
+    labels, predicted = [], []
+    for images, y in ds.batch(batch_size if same_size else 1):
+        predicted.append(pixels(images)["class_ids"].numpy())
+        labels.append(y.numpy())
+    if not labels:
+        raise UserError("test split: expected at least one example; received none.")
+    return np.concatenate(labels).astype(np.int64), np.concatenate(predicted).astype(np.int64)
+
+
+def classification_metrics(labels: np.ndarray, predicted: np.ndarray,
+                           class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (counts)."""
+    n = len(class_names)
+    matrix = np.zeros((n, n), np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    true_positive = np.diag(matrix).astype(np.float64)
+    predicted_count = matrix.sum(axis=0)
+    support = matrix.sum(axis=1)
+    precision = _ratio(true_positive, predicted_count)
+    recall = _ratio(true_positive, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    per_class = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]),
+               "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(class_names)
+    }
+    present = support > 0
+    return {
+        "accuracy": float(true_positive.sum() / max(len(labels), 1)),
+        "examples": len(labels),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": per_class,
+        "class_names": list(class_names),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Elementwise division that gives 0 where the denominator is 0 (no such examples)."""
+    denominator = np.asarray(denominator, np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(denominator),
+                     where=denominator > 0)
+
+
+def evaluate(workdir: str = "", model: str = "", test_dataset: str = "",
+             output_dir: str = "") -> dict[str, Any]:
+    """Evaluates and writes ``evaluation.json`` + ``confusion_matrix.png`` to ``output_dir``.
+
+    ``output_dir`` defaults to ``workdir``, or the current directory for ``model`` alone.
+    """
+    from tfft.plots import plot_confusion_matrix
+
+    loaded = load_for_evaluation(workdir, model)
+    ds = load_test_split(loaded.config, test_dataset)
+    labels, predicted = predict_split(loaded.pixels, ds, loaded.config.data.batch_size)
+    if labels.max(initial=0) >= len(loaded.class_names):
+        raise UserError(f"--test_dataset: labels go up to {int(labels.max())}, but the model "
+                        f"knows {len(loaded.class_names)} classes.")
+    result = classification_metrics(labels, predicted, loaded.class_names)
+    result["model"] = loaded.source
+    result["test_dataset"] = test_dataset or loaded.config.data.test_dataset or (
+        loaded.config.data.dataset + " (test split)")
+    out = output_dir or workdir or "."
+    result["confusion_matrix_png"] = plot_confusion_matrix(
+        np.asarray(result["confusion_matrix"]), loaded.class_names,
+        os.path.join(out, CONFUSION_FILE))
+    rundir.write_json(os.path.join(out, EVALUATION_FILE), result)
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable summary the command prints."""
+    names = result["class_names"]
+    width = max(12, *(len(n) for n in names))
+    lines = [f"Model {result['model']} on {result['test_dataset']}",
+             f"Test accuracy: {result['accuracy']:.4f} ({result['examples']} examples), "
+             f"macro F1 {result['macro_f1']:.4f}", "",
+             f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    for name in names:
+        row = result["per_class"][name]
+        lines.append(f"{name:<{width}} {row['precision']:>9.4f} {row['recall']:>9.4f} "
+                     f"{row['f1']:>9.4f} {row['support']:>8d}")
+    lines.append(f"\nWrote {result['confusion_matrix_png']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from absl import flags
+
+    values = flags.FLAGS
+    result = evaluate(values.workdir, values.model, values.test_dataset, values.output_dir)
+    print(format_report(result))
+
+
+def define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", "", "Run directory (config.json, model.keras) to evaluate.")
+    flags.DEFINE_string("model", "", "Exported SavedModel (EXPORT_DIR/<version>, or EXPORT_DIR "
+                        "for its newest version) to evaluate instead of the run's model.keras.")
+    flags.DEFINE_string("test_dataset", "", "Evaluate on all of this source (tfds:, folder:, "
+                        "npz:, sample:) instead of the run's test split.")
+    flags.DEFINE_string("output_dir", "", "Where evaluation.json and confusion_matrix.png go "
+                        "(default: --workdir, or the current directory).")
+
+
+if __name__ == "__main__":
+    from tfft import cli
+
+    define_flags()
+    cli.run(main)

@@ -1,0 +1,152 @@
+"""``python -m tfft.predict --model=EXPORT_DIR[/<version>] IMG...``: top-k classes per image.
+
+Each image file goes, as its encoded bytes, through the export's ``serving_default`` signature,
+exactly what TF Serving would run. A file that cannot be read or decoded gives one line on
+stderr; the other images are still predicted, and the exit status is then 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from tfft import export
+from tfft.errors import UserError
+
+FORMATS = ("table", "json")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The best classes of one image, most probable first."""
+
+    image: str
+    class_names: tuple[str, ...]
+    probabilities: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {"image": self.image,
+                "predictions": [{"class_name": n, "probability": p}
+                                for n, p in zip(self.class_names, self.probabilities,
+                                                strict=True)]}
+
+
+class Predictor:
+    """An exported model's ``serving_default`` signature, applied to image files."""
+
+    def __init__(self, model_dir: str, top_k: int = 0):
+        self.model_dir = export.resolve_version_dir(model_dir)
+        try:
+            loaded = tf.saved_model.load(self.model_dir)
+        except Exception as err:  # noqa: BLE001 - parse and op errors of foreign dirs
+            raise UserError(f"--model: could not load {self.model_dir!r} as a SavedModel "
+                            f"({str(err).strip().splitlines()[0][:200]}).") from None
+        self._loaded = loaded  # the signature needs its variables alive
+        self.signature = loaded.signatures.get(export.IMAGES_SIGNATURE)
+        if self.signature is None:
+            raise UserError(f"--model: {self.model_dir!r} has no "
+                            f"{export.IMAGES_SIGNATURE!r} signature.")
+        self.top_k = top_k
+
+    def predict_file(self, path: str) -> Prediction:
+        """Predicts one image file; a file that is not a readable image is a UserError."""
+        try:
+            with open(path, "rb") as f:
+                encoded = f.read()
+        except OSError as err:
+            raise UserError(f"{path}: cannot read the file ({err.strerror}).") from None
+        try:
+            outputs = self.signature(images=tf.constant([encoded]))
+        except tf.errors.InvalidArgumentError:
+            raise UserError(f"{path}: expected a JPEG, PNG, BMP or GIF image; the file "
+                            "could not be decoded.") from None
+        names = [n.decode() for n in outputs["top_k_class_names"].numpy()[0]]
+        probs = [float(p) for p in outputs["top_k_probabilities"].numpy()[0]]
+        k = self.top_k or len(names)
+        return Prediction(path, tuple(names[:k]), tuple(probs[:k]))
+
+
+def format_table(predictions: list[Prediction]) -> str:
+    lines = []
+    for p in predictions:
+        lines.append(p.image)
+        lines.extend(f"  {name:<20} {prob:.4f}"
+                     for name, prob in zip(p.class_names, p.probabilities, strict=True))
+    return "\n".join(lines)
+
+
+def format_json(predictions: list[Prediction]) -> str:
+    return json.dumps([p.to_dict() for p in predictions], indent=2)
+
+
+def predict_files(predictor: Predictor, paths: list[str]) -> tuple[list[Prediction], list[str]]:
+    """Predictions for the images that worked and one error line for each that did not."""
+    predictions, errors = [], []
+    for path in paths:
+        try:
+            predictions.append(predictor.predict_file(path))
+        except UserError as err:
+            errors.append(str(err))
+    return predictions, errors
+
+
+# ---------------------------------------------------------------- command line
+
+_IMAGES: list[str] = []  # positional arguments, set by parse_args (absl passes them nowhere else)
+
+
+def parse_args(argv: list[str]) -> list[str]:
+    """absl flag parsing that keeps positional arguments as the image paths."""
+    from absl import flags
+
+    from tfft import cli
+
+    argv = [argv[0]] + [cli.resolve_flagfile(a) for a in argv[1:]]
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as err:
+        cli.fail(str(err).strip().splitlines()[0])
+    _IMAGES[:] = rest[1:]
+    return rest[:1]
+
+
+def main() -> None:
+    from absl import flags
+
+    from tfft import cli
+
+    values = flags.FLAGS
+    if not values.model:
+        raise UserError("--model: expected an exported model directory; received none.")
+    if values.top_k < 0:
+        raise UserError(f"--top_k: expected a number >= 0; received {values.top_k}.")
+    if not _IMAGES:
+        raise UserError("images: expected one or more image files after the flags; "
+                        "received none.")
+    predictions, errors = predict_files(Predictor(values.model, values.top_k), _IMAGES)
+    if predictions or values.format == "json":
+        print(format_table(predictions) if values.format == "table" else format_json(predictions))
+        sys.stdout.flush()
+    for line in errors:
+        sys.stderr.write(f"tfft: error: {line}\n")
+    if errors:
+        sys.exit(cli.EXIT_USER_ERROR)
+
+
+def define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model", "", "Exported SavedModel: EXPORT_DIR/<version>, or EXPORT_DIR "
+                        "for its newest version.")
+    flags.DEFINE_integer("top_k", 0, "Show this many best classes (0 = all the export returns).")
+    flags.DEFINE_enum("format", "table", list(FORMATS), "Output format: table or json.")
+
+
+if __name__ == "__main__":
+    from tfft import cli
+
+    define_flags()
+    cli.run(main, parse_args)
