@@ -233,7 +233,7 @@ class Trainer:
             if cached is not None:
                 self.say(f"Features ({name}): {cached.count:,} read from {entry}")
                 return cached
-        forward = tf.function(lambda x: model(x, training=False))
+        forward = feature_cache.inference_fn(model)
         bar = self._progbar(-(-size // cfg.data.batch_size) if size else None,
                             f"Features ({name})")
         return feature_cache.extract(
