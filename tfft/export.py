@@ -19,12 +19,14 @@ name per line) and ``assets/config.json`` (the run's config) travel with every v
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -133,7 +135,8 @@ def export_model(model: keras.Model, class_names: Sequence[str], config: Config,
     remove_stale_temp_dirs(export_dir)
     tmp = os.path.join(export_dir, f"{_TMP_PREFIX}{_owner_tag()}-{uuid.uuid4().hex[:8]}")
     try:
-        archive.write_out(tmp, verbose=False)
+        with _quiet_tensorflow_logger():
+            archive.write_out(tmp, verbose=False)
         assets = os.path.join(tmp, "assets")
         os.makedirs(assets, exist_ok=True)
         _write(os.path.join(assets, LABELS_FILE), "\n".join(serving.class_names) + "\n")
@@ -143,6 +146,28 @@ def export_model(model: keras.Model, class_names: Sequence[str], config: Config,
     finally:
         if os.path.isdir(tmp):
             _remove_tree(tmp)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger() -> Iterator[None]:
+    """SavedModel writing logs INFO lines per function and shard; users need none of them.
+
+    A filter rather than a level: TensorFlow's saver resets absl's verbosity while it runs.
+    """
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    only_warnings = _WarningsOnly()
+    for logger in loggers:
+        logger.addFilter(only_warnings)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(only_warnings)
+
+
+class _WarningsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
 
 
 def export_run(workdir: str, export_dir: str | None = None, top_k: int = 5) -> str:
@@ -294,7 +319,8 @@ def define_flags() -> None:
         flags.DEFINE_string("workdir", "runs/default", "Run directory (config, metrics, model).")
     flags.DEFINE_string("export_dir", "", "Export base directory; versions are written to "
                         "EXPORT_DIR/<n> (default: WORKDIR/export).")
-    flags.DEFINE_integer("top_k", 5, "How many best classes the serving signatures return.")
+    flags.DEFINE_integer("top_k", 5, "How many best classes the serving signatures return.",
+                         lower_bound=1)
 
 if __name__ == "__main__":
     from tfft import cli

@@ -12,6 +12,12 @@ from tfft.flags import config_from_flags, define_config_flags
 FLAGS = flags.FLAGS
 define_config_flags()
 flags.DEFINE_string("workdir", "runs/default", "Run directory (config, metrics, model).")
+flags.DEFINE_boolean("export", True, "After training, export a SavedModel for TF Serving "
+                     "(python -m tfft.export does it later).")
+flags.DEFINE_string("export_dir", "", "Export base directory; versions go to EXPORT_DIR/<n> "
+                    "(default: WORKDIR/export).")
+flags.DEFINE_integer("top_k", 5, "How many best classes the exported signatures return.",
+                     lower_bound=1)
 
 
 def check_workdir(path: str) -> None:
@@ -34,7 +40,15 @@ def main() -> None:
     from tfft import distribute, train_lib
 
     distribute.configure_cpu_devices(config.train.cpu_devices)
-    train_lib.train_and_evaluate(config, FLAGS.workdir)
+    result = train_lib.train_and_evaluate(config, FLAGS.workdir)
+    if FLAGS.export and result.workdir == FLAGS.workdir:  # other workers ran in a temp dir
+        from tfft.export import DEFAULT_SUBDIR, export_model
+
+        export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, DEFAULT_SUBDIR)
+        version_dir = export_model(result.classifier.model, result.class_names, result.config,
+                                   export_dir, FLAGS.top_k)
+        if config.train.verbosity:
+            print(f"Exported SavedModel: {version_dir}")
 
 
 if __name__ == "__main__":
