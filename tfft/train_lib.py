@@ -311,7 +311,8 @@ class Trainer:
             with tf.GradientTape() as tape:
                 probs = model(x, training=True)
                 per_example = loss_fn(tf.one_hot(y, num_classes), probs)
-                loss = tf.nn.compute_average_loss(per_example)
+                loss = tf.nn.compute_average_loss(
+                    per_example, global_batch_size=_global_batch_size(y))
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             grads = tape.gradient(loss, variables)
@@ -353,6 +354,18 @@ class Trainer:
             return None
         self.say(title)
         return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
+
+
+def _global_batch_size(labels: tf.Tensor) -> tf.Tensor:
+    """Examples in this step across all replicas (and workers).
+
+    ``compute_average_loss`` would otherwise assume every replica holds as many examples as this
+    one, which misweights a final partial batch split unevenly (e.g. 9 -> 5 + 4), so the
+    gradient would differ from the same step under the default strategy.
+    """
+    count = tf.cast(tf.shape(labels)[0], tf.float32)
+    total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.cast(total, tf.int32)
 
 
 def _sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> list[tf.Tensor]:
