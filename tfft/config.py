@@ -127,6 +127,9 @@ class TrainConfig:
         1, "Split the CPU into this many logical devices (try mirrored without GPUs)."
     )
     verbosity: int = _f(1, "0 = quiet, 1 = progress bars and summary.")
+    tensorboard: bool = _f(
+        True, "Write TensorBoard logs (both phases, learning rate, sample predictions) to "
+        "WORKDIR/tensorboard.")
 
 
 @dataclass(frozen=True)
