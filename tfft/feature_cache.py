@@ -63,7 +63,7 @@ class CachedSplit:
     dim: int
     dtype: str
     labels: np.ndarray
-    features: np.ndarray | None = None
+    features: tf.Tensor | None = None
     path: str = ""
 
     def batches(self, batch_size: int, *, shuffle_buffer: int = 0, seed: int | None = None,
@@ -101,12 +101,13 @@ def inference_fn(model: keras.Model) -> Forward:
     """The model in inference mode as one traced function per model.
 
     Its batch size is left free, so both splits and their last partial batches share a single
-    trace (a trace of a backbone costs about a second on 2 CPU cores).
+    trace (a trace of a backbone costs about a second on 2 CPU cores); Keras layers need no
+    AutoGraph conversion, which would add to that.
     """
     if model not in _INFERENCE:
         spec = tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype)
         _INFERENCE[model] = tf.function(lambda x: model(x, training=False),
-                                        input_signature=[spec])
+                                        input_signature=[spec], autograph=False)
     return _INFERENCE[model]
 
 
@@ -148,8 +149,10 @@ class _MemorySink:
         self.filled = end
 
     def finish(self) -> CachedSplit:
-        return CachedSplit(self.filled, self.dim, self.dtype, self.labels[:self.filled],
-                           self.features[:self.filled])
+        """Hands the rows over as one tensor, which datasets slice without copying each epoch."""
+        features = tf.convert_to_tensor(self.features[:self.filled])
+        self.features = np.empty((0, self.dim), self.dtype)
+        return CachedSplit(self.filled, self.dim, self.dtype, self.labels[:self.filled], features)
 
     def abort(self) -> None:
         """Nothing to clean up in memory."""
