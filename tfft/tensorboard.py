@@ -36,6 +36,7 @@ class TensorBoardCallback(RunCallback):
     def __init__(self, workdir: str):
         self.root = logdir(workdir)
         self._writers: dict[str, Any] = {}
+        self._step = 0  # the last epoch's global step: where the test results are drawn
 
     def _writer(self, name: str):
         if name not in self._writers:
@@ -46,18 +47,17 @@ class TensorBoardCallback(RunCallback):
         self._writer(phase)
 
     def on_epoch_end(self, row: dict[str, Any], model: keras.Model) -> None:
+        self._step = int(row["global_step"])
         writer = self._writer(row["phase"])
-        with writer.as_default(step=int(row["global_step"])):
+        with writer.as_default(step=self._step):
             for tag in SCALARS:
                 write_scalar(tag, float(row[tag]))
         writer.flush()
 
     def on_run_end(self, result: RunResult) -> None:
-        rows = [row for phase in report.PHASES for row in result.history.get(phase, [])]
-        step = int(rows[-1]["global_step"]) if rows else 0
         test = result.metrics.get("test", {})
         writer = self._writer("test")
-        with writer.as_default(step=step):
+        with writer.as_default(step=self._step):
             for tag in ("loss", "accuracy"):
                 if tag in test:
                     write_scalar(tag, float(test[tag]))
