@@ -10,6 +10,7 @@ import hashlib
 import importlib.resources
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -97,11 +98,16 @@ def _build_app(cfg: ModelConfig, image_size: int) -> Backbone:
     app = _APPS[cfg.backbone]
     weights, identity = _resolve_weights(cfg, image_size)
     kwargs = {"alpha": cfg.alpha} if app.uses_alpha else {}
-    try:
-        model = app.constructor(include_top=False, weights=weights,
-                                input_shape=(image_size, image_size, 3), **kwargs)
-    except Exception as err:  # noqa: BLE001 - Keras raises bare Exception for failed downloads
-        raise _weights_error(cfg, weights, err) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = app.constructor(include_top=False, weights=weights,
+                                    input_shape=(image_size, image_size, 3), **kwargs)
+        except Exception as err:  # noqa: BLE001 - Keras raises bare Exception for downloads
+            raise _weights_error(cfg, weights, err) from None
+    for warning in caught:  # only a successful build's warnings are worth showing
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
     model.trainable = False
     blocks = _group([layer.name for layer in model.layers if layer.weights], app.block_of)
     return Backbone(cfg.backbone, model, app.normalize, blocks, False, identity)

@@ -6,6 +6,7 @@ User errors end as one line on stderr and a non-zero exit status, never a traceb
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -88,11 +89,23 @@ def import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
+def quiet_library_logs() -> None:
+    """Library INFO logs (TensorFlow's checkpoint notices, TFDS's progress) off the terminal.
+
+    absl raises logging to INFO under ``app.run``; tfft's own output is its summary and progress
+    bars. Python logger levels are set directly: ``absl.logging.set_verbosity`` would rewrite
+    ``--verbosity``, which tfft reads as its own flag.
+    """
+    for name in ("", "absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(main: Callable[[], None], parser: Callable[[list[str]], list[str]] = parse_flags) -> None:
     """Runs ``main`` under absl with tfft's error handling."""
 
     def wrapped(_argv: list[str]) -> None:
         import_tensorflow_quietly()
+        quiet_library_logs()
         try:
             main()
         except UserError as err:

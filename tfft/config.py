@@ -119,6 +119,8 @@ class TrainConfig:
         "", "Directory of the disk feature cache (empty = ~/.cache/tfft/features, or under "
         "$XDG_CACHE_HOME when set)."
     )
+    checkpoint_every_steps: int = _f(
+        0, "Also checkpoint every N steps within an epoch (0 = at epoch ends only).")
     seed: int = _f(42, "Random seed for splits, shuffling and initialisation.")
     strategy: str = _f("default", f"tf.distribute strategy: one of {', '.join(STRATEGIES)}.")
     tpu: str = _f("", "TPU address or 'local' (with --strategy=tpu).")
@@ -226,6 +228,7 @@ def validate(config: Config) -> Config:
     for name in ("image_size", "batch_size", "shuffle_buffer", "cpu_devices"):
         _positive(name, config.flat()[name])
     for name in ("head_epochs", "finetune_epochs", "unfreeze_blocks", "early_stopping_patience",
+                 "checkpoint_every_steps",
                  "max_train_examples", "max_eval_examples", "num_gpus", "verbosity"):
         _non_negative(name, config.flat()[name])
     _positive("head_learning_rate", h.head_learning_rate)

@@ -22,6 +22,7 @@ from tfft.config import DataConfig
 from tfft.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 SAMPLES = {"mnist": "mnist_sample.npz"}
 Normalizer = Callable[[tf.Tensor], tf.Tensor]
 
@@ -240,7 +241,22 @@ def list_image_folder(root: str) -> tuple[list[str], np.ndarray, tuple[str, ...]
     if not paths:
         raise UserError(f"--dataset: expected JPEG/PNG/BMP/GIF images in the class subfolders "
                         f"of {root!r}; received none.")
+    for path in paths:
+        _check_image_signature(path)
     return paths, np.asarray(labels, np.int32), tuple(classes), skipped
+
+
+def _check_image_signature(path: str) -> None:
+    """Refuses a file whose name says image but whose first bytes say otherwise.
+
+    Found now, a corrupt file is one clear line; found by the decoder mid-training, it would
+    be a TensorFlow stack trace after minutes of work.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(IMAGE_SIGNATURES):
+        raise UserError(f"--dataset: {path!r} is not a JPEG/PNG/BMP/GIF image (corrupt or "
+                        f"mislabelled file; its first bytes are {head[:4]!r}).")
 
 
 def _from_folder(root: str, fractions: tuple[float, float], seed: int):

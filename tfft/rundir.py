@@ -12,6 +12,18 @@ METRICS = "metrics.json"
 MODEL = "model.keras"
 
 
+def check_writable(path: str, flag: str) -> None:
+    """Refuses, before any work starts, a directory that cannot be created or written."""
+    from tfft.errors import UserError
+
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise UserError(f"--{flag}: expected a writable directory; {path!r} is not writable "
+                        f"({existing!r} is not a writable directory).")
+
+
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` so a reader sees either the old file or the whole new one."""
     directory = os.path.dirname(os.path.abspath(path))

@@ -6,7 +6,7 @@ import os
 
 from absl import flags
 
-from tfft import cli
+from tfft import cli, rundir
 from tfft.flags import config_from_flags, define_config_flags
 
 FLAGS = flags.FLAGS
@@ -18,29 +18,25 @@ flags.DEFINE_string("export_dir", "", "Export base directory; versions go to EXP
                     "(default: WORKDIR/export).")
 flags.DEFINE_integer("top_k", 5, "How many best classes the exported signatures return.",
                      lower_bound=1)
-
-
-def check_workdir(path: str) -> None:
-    """A workdir we cannot write is refused before any work starts."""
-    from tfft.errors import UserError
-
-    parent = path
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    target = parent or "."
-    if not os.path.isdir(target) or not os.access(target, os.W_OK):
-        raise UserError(f"--workdir: expected a writable directory; {path!r} is not writable.")
+flags.DEFINE_boolean("overwrite", False,
+                     "Replace a finished run or one with another config in --workdir "
+                     "(an interrupted run with the same config is resumed without it).")
 
 
 def main() -> None:
     from tfft.config import validate
 
     config = validate(config_from_flags(FLAGS))
-    check_workdir(FLAGS.workdir)
+    rundir.check_writable(FLAGS.workdir, "workdir")
+    if config.train.cache_features == "disk" or config.train.cache_dir:
+        from tfft import feature_cache
+
+        rundir.check_writable(config.train.cache_dir or feature_cache.default_cache_dir(),
+                              "cache_dir")
     from tfft import distribute, train_lib
 
     distribute.configure_cpu_devices(config.train.cpu_devices)
-    result = train_lib.train_and_evaluate(config, FLAGS.workdir)
+    result = train_lib.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
     if FLAGS.export and result.workdir == FLAGS.workdir:  # other workers ran in a temp dir
         from tfft.export import DEFAULT_SUBDIR, export_model
 

@@ -9,6 +9,7 @@ learning rate with the backbone still in inference mode (BatchNorm statistics fr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,8 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft import checkpoints, distribute, feature_cache, rundir
 from tfft import data as data_lib
-from tfft import distribute, feature_cache, rundir
 from tfft.backbones import build_backbone
 from tfft.classifier import (
     Classifier,
@@ -66,6 +67,7 @@ class RunResult:
     classifier: Classifier
     splits: data_lib.Splits
     metrics: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # rows with timings
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -100,20 +102,38 @@ def train_and_evaluate(
     workdir: str,
     strategy: tf.distribute.Strategy | None = None,
     callbacks: tuple[RunCallback, ...] = (),
+    overwrite: bool = False,
 ) -> RunResult:
-    """Trains both phases, evaluates on the test split and writes the run directory."""
+    """Trains both phases, evaluates on the test split and writes the run directory.
+
+    An interrupted run in ``workdir`` is resumed; a finished run or one with another config is
+    refused (UserError) unless ``overwrite``.
+    """
     strategy = strategy or distribute.make_strategy(config.train)
     chief = distribute.is_chief(strategy)
     out_dir = workdir if chief else tempfile.mkdtemp(prefix="tfft-worker-")
     try:
-        return _run(config, out_dir, strategy, callbacks if chief else ())
+        callbacks = (*default_callbacks(config, workdir), *callbacks) if chief else ()
+        return _run(config, out_dir, strategy, callbacks, overwrite)
     finally:
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def default_callbacks(config: Config, workdir: str) -> tuple[RunCallback, ...]:
+    """TensorBoard logs (unless ``--tensorboard=false``) and the run report, on every run.
+
+    Imported here, not at the top: both modules build on this one's ``RunCallback``.
+    """
+    from tfft import report, tensorboard
+
+    logs = (tensorboard.TensorBoardCallback(workdir),) if config.train.tensorboard else ()
+    return (*logs, report.ReportCallback())
+
+
 def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy,
-         callbacks: tuple[RunCallback, ...]) -> RunResult:
+         callbacks: tuple[RunCallback, ...], overwrite: bool) -> RunResult:
+    progress = checkpoints.prepare_workdir(workdir, config, overwrite)
     seed_everything(config.train.seed)
     say = _printer(config.train.verbosity)
     splits = data_lib.load_splits(config.data, config.train.seed)
@@ -125,18 +145,21 @@ def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy,
     _print_summary(say, config, splits, params, strategy)
 
     metrics: dict[str, Any] = {"phases": {}, "parameters": params, "backbone": backbone.identity}
-    trainer = Trainer(clf, config, splits, strategy, say, callbacks)
+    trainer = Trainer(clf, config, splits, strategy, say, callbacks, workdir, progress)
     freeze_backbone(clf)
     metrics["phases"]["head"] = trainer.run_head_phase()
     unfreeze_top_blocks(clf, config.finetune.unfreeze_blocks)
     metrics["phases"]["finetune"] = trainer.run_finetune_phase()
     freeze_backbone(clf)
-    test = trainer.evaluate(clf.model, trainer.batches(splits.test))
+    test = trainer.evaluate(clf.model, trainer.batches(splits.test), "Test evaluation")
     metrics["test"] = {"loss": test.mean_loss, "accuracy": test.accuracy,
                        "examples": int(test.count)}
-    rundir.write_json(os.path.join(workdir, rundir.METRICS), metrics)
+    history = metrics["phases"]
+    metrics["phases"] = {phase: [_without_timings(row) for row in rows]
+                         for phase, rows in history.items()}
     rundir.save_model(clf.model, os.path.join(workdir, rundir.MODEL))
-    result = RunResult(config, workdir, clf, splits, metrics)
+    rundir.write_json(os.path.join(workdir, rundir.METRICS), metrics)
+    result = RunResult(config, workdir, clf, splits, metrics, history)
     for callback in callbacks:
         callback.on_run_end(result)
     say(f"Test accuracy: {test.accuracy:.4f} (loss {test.mean_loss:.4f}, "
@@ -160,11 +183,12 @@ class Trainer:
 
     def __init__(self, clf: Classifier, config: Config, splits: data_lib.Splits,
                  strategy: tf.distribute.Strategy, say: Callable[[str], None],
-                 callbacks: tuple[RunCallback, ...] = ()):
+                 callbacks: tuple[RunCallback, ...], workdir: str,
+                 progress: checkpoints.Progress | None = None):
         self.clf, self.config, self.splits, self.strategy, self.say = (
             clf, config, splits, strategy, say)
-        self.callbacks = callbacks
-        self.global_step = 0
+        self.callbacks, self.workdir, self.progress = callbacks, workdir, progress
+        self.global_step = progress.global_step if progress else 0
         self.seed = config.train.seed
         self.augmenter = data_lib.make_augmenter(config.data.augment, self.seed)
         self._eval_steps: dict[int, Callable] = {}
@@ -175,22 +199,35 @@ class Trainer:
         epochs = self.config.head.head_epochs
         if epochs == 0:
             return []
+        if self._completed("head"):
+            return self.progress.history["head"]
         lr = self.config.head.head_learning_rate
         if self._use_feature_cache():
             train, val = self._cached_features()
             return self.fit("head", self.clf.head, train, val, epochs, lr)
-        train = self.batches(self.splits.train, training=True)
         val = self.batches(self.splits.validation)
-        return self.fit("head", self.clf.model, train, val, epochs, lr)
+        return self.fit("head", self.clf.model, self._train_batches, val, epochs, lr)
 
     def run_finetune_phase(self) -> list[dict[str, Any]]:
         epochs = self.config.finetune.finetune_epochs
         if epochs == 0 or self.config.finetune.unfreeze_blocks == 0:
             return []
-        train = self.batches(self.splits.train, training=True)
+        if self._completed("finetune"):
+            return self.progress.history["finetune"]
         val = self.batches(self.splits.validation)
-        return self.fit("finetune", self.clf.model, train, val, epochs,
+        return self.fit("finetune", self.clf.model, self._train_batches, val, epochs,
                         self.config.finetune.finetune_learning_rate)
+
+    def _completed(self, phase: str) -> bool:
+        """On resume, a finished phase is not trained again; its final weights are loaded."""
+        progress = self.progress
+        if progress is None or not progress.completed(phase):
+            return False
+        if progress.phase == phase:
+            checkpoints.restore_model_variables(self.workdir, progress.checkpoint,
+                                                self.clf.model.variables)
+        self.say(f"Phase {phase}: already finished in {self.workdir} (resumed run)")
+        return True
 
     def _use_feature_cache(self) -> bool:
         mode = self.config.train.cache_features
@@ -203,21 +240,32 @@ class Trainer:
 
     # ------------------------------------------------------------ data
 
-    def batches(self, ds: tf.data.Dataset, training: bool = False) -> tf.data.Dataset:
+    def batches(self, ds: tf.data.Dataset, training: bool = False,
+                seed: int | None = None) -> tf.data.Dataset:
         return data_lib.make_batches(
-            ds, self.config.data, self.clf.backbone.normalize, training=training, seed=self.seed,
+            ds, self.config.data, self.clf.backbone.normalize, training=training,
+            seed=self.seed if seed is None else seed,
             augmenter=self.augmenter if training else None,
             drop_remainder=distribute.needs_static_shapes(self.strategy))
 
-    def _cached_features(self) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-        """Backbone features of train and validation, computed once, as batched datasets."""
+    def _train_batches(self, seed: int) -> tf.data.Dataset:
+        return self.batches(self.splits.train, training=True, seed=seed)
+
+    def _cached_features(self) -> tuple[Callable[[int], tf.data.Dataset], tf.data.Dataset]:
+        """Backbone features of train and validation, computed once, as batched datasets.
+
+        Training batches come from a function of the epoch's shuffle seed, like the pipeline's.
+        """
         cfg = self.config.data
         drop = distribute.needs_static_shapes(self.strategy)
         train = self.extract_features(self.splits.train, "train")
         val = self.extract_features(self.splits.validation, "validation")
-        return (train.batches(cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=self.seed,
-                              drop_remainder=drop),
-                val.batches(cfg.batch_size, drop_remainder=drop))
+
+        def train_batches(seed: int) -> tf.data.Dataset:
+            return train.batches(cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=seed,
+                                 drop_remainder=drop)
+
+        return train_batches, val.batches(cfg.batch_size, drop_remainder=drop)
 
     def extract_features(self, ds: tf.data.Dataset, name: str) -> feature_cache.CachedSplit:
         """Runs the frozen backbone over one split once (or reads its disk cache entry)."""
@@ -243,35 +291,52 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
 
-    def fit(self, phase: str, model: keras.Model, train: tf.data.Dataset,
+    def fit(self, phase: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
             val: tf.data.Dataset, epochs: int, learning_rate: float) -> list[dict[str, Any]]:
-        """Trains ``model`` for ``epochs``; early stopping restores the best epoch's weights."""
+        """Trains ``model`` for ``epochs``, checkpointing after every epoch (and every
+        ``checkpoint_every_steps``); resumes an interrupted phase exactly where it stopped.
+
+        ``train(seed)`` gives one epoch's shuffled batches; the seed depends only on the run's
+        seed, the phase and the epoch, so a resumed epoch sees the same batches in the same order
+        and can skip the steps already done. Early stopping restores the best epoch's weights.
+        """
         with self.strategy.scope():
             optimizer = make_optimizer(self.config, learning_rate)
             optimizer.build(model.trainable_variables)
         step = self._train_step(model, optimizer)
-        dist_train = distribute.distribute(self.strategy, train)
-        steps = self._steps(train)
+        model_variables = self.clf.model.variables
+        saver = checkpoints.PhaseCheckpointer(self.workdir, phase, model_variables,
+                                              optimizer.variables)
+        best_saver = checkpoints.PhaseCheckpointer(self.workdir, f"{phase}_best",
+                                                   model_variables, [])
+        progress = self._phase_progress(phase, saver)
+        history = progress.history.setdefault(phase, [])
         patience = self.config.train.early_stopping_patience
-        history: list[dict[str, Any]] = []
-        best, best_weights, waited = -1.0, None, 0
+        every = self.config.train.checkpoint_every_steps
         self.say(f"Phase {phase}: {epochs} epoch(s), learning rate {learning_rate:g}, "
                  f"{count_params(model.trainable_weights):,} trainable parameters")
         for callback in self.callbacks:
             callback.on_phase_begin(phase, model, epochs)
-        for epoch in range(epochs):
+        for epoch in range(progress.epoch, epochs):
             start = time.perf_counter()
-            stats = EpochStats()
+            stats = EpochStats(**progress.partial) if progress.step else EpochStats()
+            batches = train(epoch_seed(self.seed, phase, epoch))
+            steps = self._steps(batches)
+            done_steps = progress.step
             bar = self._progbar(steps, f"{phase} {epoch + 1}/{epochs}")
-            for i, batch in enumerate(dist_train):
+            dist_train = distribute.distribute(self.strategy, batches.skip(done_steps))
+            for i, batch in enumerate(dist_train, start=done_steps):
                 stats.add(step(batch))
                 self.global_step += 1
                 if not np.isfinite(stats.loss):
                     raise TrainingDiverged(
                         f"Loss became NaN/Inf in phase {phase}, epoch {epoch + 1}, step {i + 1}; "
-                        f"try a lower --{phase}_learning_rate.")
+                        f"try a lower --{phase}_learning_rate (the last good checkpoint is in "
+                        f"{os.path.join(self.workdir, checkpoints.CHECKPOINTS)}).")
                 if bar:
                     bar.update(i + 1, [("loss", stats.mean_loss), ("accuracy", stats.accuracy)])
+                if every and (i + 1) % every == 0 and (steps is None or i + 1 < steps):
+                    self._save(saver, progress, epoch, i + 1, stats)
             val_stats = self.evaluate(model, val)
             row = {"epoch": epoch + 1, "phase": phase, "loss": stats.mean_loss,
                    "accuracy": stats.accuracy, "val_loss": val_stats.mean_loss,
@@ -283,23 +348,53 @@ class Trainer:
             self.say(f"  {phase} epoch {epoch + 1}: loss {row['loss']:.4f} acc "
                      f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} val_acc "
                      f"{row['val_accuracy']:.4f} ({row['seconds']:.1f}s)")
-            if patience:
-                if val_stats.accuracy > best:
-                    best, best_weights, waited = val_stats.accuracy, model.get_weights(), 0
-                else:
-                    waited += 1
-                    if waited >= patience:
-                        self.say(f"  early stop: no val_accuracy gain in {patience} epoch(s)")
-                        break
-        if best_weights is not None:
-            model.set_weights(best_weights)
+            if patience and val_stats.accuracy > progress.best:
+                progress.best, progress.waited = val_stats.accuracy, 0
+                progress.best_checkpoint = best_saver.save_checkpoint()
+            elif patience:
+                progress.waited += 1
+            self._save(saver, progress, epoch + 1, 0, None)
+            if patience and progress.waited >= patience:
+                self.say(f"  early stop: no val_accuracy gain in {patience} epoch(s)")
+                break
+        if progress.best_checkpoint:
+            checkpoints.restore_model_variables(self.workdir, progress.best_checkpoint,
+                                                model_variables)
+        progress.done = True
+        self._save(saver, progress, progress.epoch, 0, None)
         return history
 
-    def evaluate(self, model: keras.Model, ds: tf.data.Dataset) -> EpochStats:
+    def _phase_progress(self, phase: str,
+                        saver: checkpoints.PhaseCheckpointer) -> checkpoints.Progress:
+        """This phase's progress: restored from an interrupted run, or a fresh record."""
+        progress = self.progress
+        if progress is not None and progress.phase == phase:
+            saver.restore(progress)
+            self.global_step = progress.global_step
+            self.say(f"Resuming phase {phase} at epoch {progress.epoch + 1}, "
+                     f"step {progress.step + 1} from {progress.checkpoint}")
+            return progress
+        history = progress.history if progress else {}
+        self.progress = checkpoints.Progress(
+            phase=phase, epoch=0, step=0, done=False, global_step=self.global_step,
+            checkpoint="", history=history)
+        return self.progress
+
+    def _save(self, saver: checkpoints.PhaseCheckpointer, progress: checkpoints.Progress,
+              epoch: int, step: int, stats: EpochStats | None) -> None:
+        progress.epoch, progress.step, progress.global_step = epoch, step, self.global_step
+        progress.partial = dataclasses.asdict(stats) if stats else {}
+        saver.save(progress)
+
+    def evaluate(self, model: keras.Model, ds: tf.data.Dataset, title: str = "") -> EpochStats:
+        """Loss and accuracy over ``ds``; a progress bar (rate, ETA) when ``title`` is given."""
         step = self._eval_steps.setdefault(id(model), self._eval_step(model))
         stats = EpochStats()
-        for batch in distribute.distribute(self.strategy, ds):
+        bar = self._progbar(self._steps(ds), title) if title else None
+        for i, batch in enumerate(distribute.distribute(self.strategy, ds)):
             stats.add(step(batch))
+            if bar:
+                bar.update(i + 1, [("loss", stats.mean_loss), ("accuracy", stats.accuracy)])
         return stats
 
     def _train_step(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
@@ -354,6 +449,16 @@ class Trainer:
             return None
         self.say(title)
         return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
+
+
+def epoch_seed(seed: int, phase: str, epoch: int) -> int:
+    """The shuffle seed of one epoch: a function of the run's seed, the phase and the epoch."""
+    return seed * 1000 + checkpoints.PHASES.index(phase) * 500 + epoch
+
+
+def _without_timings(row: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json holds only what the seed determines, so equal seeds give equal files."""
+    return {k: v for k, v in row.items() if k != "seconds"}
 
 
 def _global_batch_size(labels: tf.Tensor) -> tf.Tensor:

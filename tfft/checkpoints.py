@@ -1,0 +1,126 @@
+"""Resumable runs: per-epoch (and optional per-step) checkpoints plus a progress record.
+
+A run directory that holds ``progress.json`` but no final metrics was interrupted; rerunning the
+same command resumes from the last checkpoint, across the phase boundary too. The checkpoint
+holds every model variable (including dropout seed-generator states) and the optimizer state;
+``progress.json`` records the phase, epoch, step within the epoch, the epoch-level history and
+early-stopping state. The checkpoint is written first and the progress record (atomically)
+second, so the record never points to a checkpoint that does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorflow as tf
+
+from tfft import rundir
+from tfft.config import Config
+from tfft.errors import UserError
+
+PROGRESS = "progress.json"
+CHECKPOINTS = "checkpoints"
+PHASES = ("head", "finetune")
+# Fields that change how a run executes but not what it computes: a resume may change them.
+RESUMABLE_CHANGES = frozenset(
+    {"verbosity", "strategy", "tpu", "num_gpus", "cpu_devices", "tensorboard",
+     "checkpoint_every_steps"})
+RUN_FILES = (rundir.CONFIG, rundir.METRICS, rundir.MODEL, PROGRESS)
+
+
+@dataclass
+class Progress:
+    """Where an interrupted run stopped (see module docstring)."""
+
+    phase: str
+    epoch: int  # epochs completed in ``phase``
+    step: int  # steps completed in epoch ``epoch + 1`` (0 at epoch boundaries)
+    done: bool  # ``phase`` finished (its final, possibly best-restored, weights saved)
+    global_step: int
+    checkpoint: str
+    history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    partial: dict[str, float] = field(default_factory=dict)
+    best: float = -1.0
+    waited: int = 0
+    best_checkpoint: str = ""
+
+    def completed(self, phase: str) -> bool:
+        """True when ``phase`` needs no more training on resume."""
+        later = PHASES.index(self.phase) > PHASES.index(phase)
+        return later or (self.phase == phase and self.done)
+
+
+def prepare_workdir(workdir: str, config: Config, overwrite: bool) -> Progress | None:
+    """Fresh run (None) or the progress to resume; refuses finished or different runs."""
+    if overwrite:
+        for name in RUN_FILES:
+            path = os.path.join(workdir, name)
+            if os.path.exists(path):
+                os.remove(path)
+        shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
+        return None
+    config_path = os.path.join(workdir, rundir.CONFIG)
+    if not os.path.exists(config_path):
+        return None
+    with open(config_path) as f:
+        saved = Config.from_json(f.read())
+    changed = [k for k, v in config.flat().items()
+               if saved.flat().get(k) != v and k not in RESUMABLE_CHANGES]
+    if changed:
+        k = changed[0]
+        raise UserError(f"--workdir: {workdir!r} holds a run with a different config ({k}: "
+                        f"{saved.flat()[k]!r} there, {config.flat()[k]!r} now); pass --overwrite "
+                        "to replace it or choose another --workdir.")
+    metrics_path = os.path.join(workdir, rundir.METRICS)
+    if os.path.exists(metrics_path):
+        accuracy = rundir.read_json(metrics_path).get("test", {}).get("accuracy")
+        raise UserError(f"--workdir: {workdir!r} holds a finished run (test accuracy "
+                        f"{accuracy}); pass --overwrite to train it again or choose another "
+                        "--workdir.")
+    progress_path = os.path.join(workdir, PROGRESS)
+    if not os.path.exists(progress_path):
+        return None
+    with open(progress_path) as f:
+        return Progress(**json.load(f))
+
+
+class PhaseCheckpointer:
+    """Saves and restores one phase's model + optimizer state under ``checkpoints/<phase>``."""
+
+    def __init__(self, workdir: str, phase: str, model_variables: list,
+                 optimizer_variables: list):
+        self.workdir = workdir
+        self._checkpoint = tf.train.Checkpoint(
+            model=[_tf_variable(v) for v in model_variables],
+            optimizer=[_tf_variable(v) for v in optimizer_variables])
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, os.path.join(workdir, CHECKPOINTS, phase), max_to_keep=2)
+
+    def save_checkpoint(self) -> str:
+        """Writes a checkpoint; returns its path relative to the run directory."""
+        return os.path.relpath(self._manager.save(), self.workdir)
+
+    def save(self, progress: Progress) -> None:
+        """Writes a checkpoint, then the progress record that points to it."""
+        progress.checkpoint = self.save_checkpoint()
+        rundir.write_json(os.path.join(self.workdir, PROGRESS), dataclasses.asdict(progress))
+
+    def restore(self, progress: Progress) -> None:
+        self._checkpoint.restore(os.path.join(self.workdir, progress.checkpoint)) \
+            .assert_existing_objects_matched()
+
+
+def restore_model_variables(workdir: str, checkpoint_path: str, model_variables: list) -> None:
+    """Loads only the model's variables from a checkpoint (relative to ``workdir``)."""
+    checkpoint = tf.train.Checkpoint(model=[_tf_variable(v) for v in model_variables])
+    checkpoint.restore(os.path.join(workdir, checkpoint_path)).expect_partial()
+
+
+def _tf_variable(variable: Any) -> tf.Variable:
+    """The tf.Variable behind a Keras 3 variable (checkpoints track tf.Variables)."""
+    return getattr(variable, "value", variable)
