@@ -335,12 +335,12 @@ def report_markdown(workdir: str, config: Config, class_names: Sequence[str],
         "Settings that differ from the defaults (the full config is in `config.json`):", "",
         "```", *_non_default_flags(config), "```", "",
         "## Phases", "",
-        "| phase | epochs run | learning rate | trainable parameters | time (s) | loss | "
+        "| phase | epochs run | learning rate | trainable parameters | epoch time (s) | loss | "
         "accuracy | val_loss | val_accuracy |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *_phase_lines(config, rows, parameters), "",
         f"Parameters in the model: {parameters.get('total', 0):,}. Loss and accuracy are the "
-        "phase's last epoch.", "",
+        "phase's last epoch; epoch time excludes the one-off feature extraction.", "",
         "## Test", "",
         f"Accuracy **{accuracy:.4f}** on {examples:,} test examples{loss}.", "",
         "| class | precision | recall | f1 | support |",
