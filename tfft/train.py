@@ -7,6 +7,7 @@ import os
 from absl import flags
 
 from tfft import cli, rundir
+from tfft.config import Config, validate
 from tfft.flags import config_from_flags, define_config_flags
 
 FLAGS = flags.FLAGS
@@ -23,16 +24,17 @@ flags.DEFINE_boolean("overwrite", False,
                      "(an interrupted run with the same config is resumed without it).")
 
 
-def main() -> None:
-    from tfft.config import validate
-
+def check_flags() -> Config:
+    """Everything that can be checked before TensorFlow starts: values and writable dirs."""
     config = validate(config_from_flags(FLAGS))
     rundir.check_writable(FLAGS.workdir, "workdir")
-    if config.train.cache_features == "disk" or config.train.cache_dir:
-        from tfft import feature_cache
+    if config.train.cache_dir:
+        rundir.check_writable(config.train.cache_dir, "cache_dir")
+    return config
 
-        rundir.check_writable(config.train.cache_dir or feature_cache.default_cache_dir(),
-                              "cache_dir")
+
+def main() -> None:
+    config = check_flags()
     from tfft import distribute, train_lib
 
     distribute.configure_cpu_devices(config.train.cpu_devices)
@@ -48,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, check=check_flags)
