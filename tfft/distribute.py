@@ -1,4 +1,13 @@
-"""tf.distribute strategies by name, and who in a cluster writes the run directory."""
+"""tf.distribute strategies by name, and who in a cluster writes the run directory.
+
+Every strategy runs the same custom training step (``tfft.train_lib``): ``--batch_size`` is the
+global batch, split across ``num_replicas_in_sync`` replicas. ``default`` is no distribution;
+``one_device`` pins to the first GPU (or the CPU); ``mirrored`` uses all visible GPUs (or
+``--num_gpus`` of them; without GPUs the CPU's logical devices, see ``--cpu_devices``);
+``multi_worker`` reads the cluster from ``TF_CONFIG`` (``python -m tfft.launch`` makes one on
+this machine); ``tpu`` connects to ``--tpu`` (``local`` on a TPU VM, or a ``grpc://`` address / TPU
+name) through ``TPUClusterResolver`` and uses static batch shapes.
+"""
 
 from __future__ import annotations
 
@@ -92,7 +101,15 @@ def needs_static_shapes(strategy: tf.distribute.Strategy) -> bool:
 
 
 def distribute(strategy: tf.distribute.Strategy, ds: tf.data.Dataset):
-    """Shards by data (right for in-memory arrays, TFDS and file lists alike) and distributes."""
+    """Distributes a batched dataset of global batches; workers shard it by data.
+
+    ``AutoShardPolicy.DATA`` is the right policy for every source tfft has: in-memory arrays
+    (npz, the bundled sample, cached features) and image folders (a list of paths in memory) have
+    no files for FILE sharding to split, and TFDS splits carved by percent may span fewer files
+    than there are workers (FILE/AUTO would then fail or give uneven shards). Each worker builds
+    the same pipeline, shuffled once with the same seed before this call, and keeps its own share
+    of each global batch, so the global batch is the one the default strategy would train on.
+    """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return strategy.experimental_distribute_dataset(ds.with_options(options))
