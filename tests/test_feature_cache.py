@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,96 +19,123 @@ SAME_BATCHES_ATOL = 1e-6
 # Backbone in the loop sees the same examples in differently composed batches (oneDNN
 # convolution sums in another order): weights match to ~1e-5, checked at 1e-4.
 BACKBONE_IN_LOOP_ATOL = 1e-4
-# float16 keeps 11 significant bits: features within 2^-10 relative; head weights after one
-# epoch (4 steps) within 1e-3.
+# float16 keeps 11 significant bits: features within 2^-10 relative; head weights after the
+# same 8 steps within 1e-3.
 FLOAT16_FEATURE_RTOL, FLOAT16_FEATURE_ATOL = 2 ** -10, 1e-4
 FLOAT16_WEIGHTS_ATOL = 1e-3
+# 64 examples / batch 16 = 4 steps an epoch.
+EPOCHS = 2
+
+
+class Extractions:
+    """Counts backbone passes over a split (the only place cached runs run the backbone)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.real = feature_cache.extract
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.real(*args, **kwargs)
 
 
 @pytest.fixture
-def count_extractions(monkeypatch):
-    """Counts backbone passes over a split (the only place cached runs run the backbone)."""
-    calls: list[str] = []
-    real = feature_cache.extract
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("entry", ""))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(feature_cache, "extract", counting)
-    return calls
+def extractions(monkeypatch) -> Extractions:
+    counter = Extractions()
+    monkeypatch.setattr(feature_cache, "extract", counter)
+    return counter
 
 
-def head_run(tmp_path, name: str, **overrides) -> train_lib.RunResult:
-    values = dict(head_epochs=1, finetune_epochs=0, cache_dir=str(tmp_path / "cache"))
+def head_run(root: Path, name: str, **overrides) -> train_lib.RunResult:
+    values = dict(head_epochs=EPOCHS, finetune_epochs=0, cache_dir=str(root / "cache"))
     values.update(overrides)
-    return train_lib.train_and_evaluate(tiny_config(**values), str(tmp_path / name))
+    return train_lib.train_and_evaluate(tiny_config(**values), str(root / name))
 
 
 def head_weights(result: train_lib.RunResult) -> list[np.ndarray]:
     return [w.numpy() for w in result.classifier.head.weights]
 
 
-def entries(tmp_path) -> set[str]:
-    root = tmp_path / "cache"
-    return {n for n in os.listdir(root) if not n.startswith(".")} if root.exists() else set()
+def entries(root: Path) -> set[str]:
+    cache = root / "cache"
+    return {n for n in os.listdir(cache) if not n.startswith(".")} if cache.exists() else set()
 
 
-def test_memory_disk_and_uncached_head_training_agree(tmp_path, count_extractions):
-    steps = dict(head_epochs=2)  # 64 examples / batch 16 = 4 steps an epoch: 8 steps
-    memory = head_weights(head_run(tmp_path, "memory", cache_features="memory", **steps))
-    disk = head_weights(head_run(tmp_path, "disk", cache_features="disk", **steps))
-    direct = head_weights(head_run(tmp_path, "off", cache_features="off", **steps))
-    assert len(count_extractions) == 4, "train + validation, for memory and for disk"
-    assert len(entries(tmp_path)) == 2
-    for m, d, o in zip(memory, disk, direct, strict=True):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """One shared cache dir: memory, disk, disk again (same key), float16 disk, no cache."""
+    root = tmp_path_factory.mktemp("feature_cache")
+    counter = Extractions()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(feature_cache, "extract", counter)
+        out = {"root": root}
+        for name, mode, dtype in [("memory", "memory", "float32"), ("disk", "disk", "float32"),
+                                  ("disk_again", "disk", "float32"),
+                                  ("float16", "disk", "float16"), ("off", "off", "float32")]:
+            before = counter.calls
+            out[name] = head_weights(head_run(root, name, cache_features=mode,
+                                              cache_dtype=dtype))
+            out[f"{name}_extractions"] = counter.calls - before
+    return out
+
+
+def test_memory_disk_and_uncached_head_training_agree(runs):
+    assert runs["memory_extractions"] == runs["disk_extractions"] == 2, "train and validation"
+    assert runs["off_extractions"] == 0
+    for m, d, o in zip(runs["memory"], runs["disk"], runs["off"], strict=True):
         np.testing.assert_allclose(d, m, rtol=0, atol=SAME_BATCHES_ATOL)
         np.testing.assert_allclose(o, m, rtol=0, atol=BACKBONE_IN_LOOP_ATOL)
 
 
-def test_reused_key_loads_from_disk_without_running_the_backbone(tmp_path, count_extractions):
-    first = head_weights(head_run(tmp_path, "first", cache_features="disk"))
-    assert len(count_extractions) == 2
-    again = head_weights(head_run(tmp_path, "again", cache_features="disk"))
-    assert len(count_extractions) == 2, "second run must read the entries, not extract"
-    for a, b in zip(first, again, strict=True):
+def test_reused_key_loads_from_disk_without_running_the_backbone(runs):
+    assert runs["disk_again_extractions"] == 0, "second run must read the entries, not extract"
+    for a, b in zip(runs["disk"], runs["disk_again"], strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=SAME_BATCHES_ATOL)
 
 
-@pytest.mark.parametrize("change", [dict(image_size=40),
-                                    dict(backbone="mobilenet_v2", weights="none", alpha=0.35)])
-def test_changed_features_get_a_new_key_and_are_recomputed(tmp_path, count_extractions, change):
-    head_run(tmp_path, "base", cache_features="disk")
-    before = entries(tmp_path)
-    head_run(tmp_path, "changed", cache_features="disk", **change)
-    assert len(count_extractions) == 4, "the changed run extracted train and validation again"
-    assert len(entries(tmp_path) - before) == 2, "two new entries next to the old ones"
-
-
-def test_float16_cache_stays_close_to_float32(tmp_path):
-    full = head_run(tmp_path, "f32", cache_features="disk")
-    half = head_run(tmp_path, "f16", cache_features="disk", cache_dtype="float16")
+def test_float16_cache_stays_close_to_float32(runs):
+    assert runs["float16_extractions"] == 2, "the storage dtype is part of the key"
+    root = runs["root"] / "cache"
     train = {}
-    for name in sorted(entries(tmp_path)):
-        with open(tmp_path / "cache" / name / feature_cache.META_FILE) as f:
+    for name in sorted(entries(runs["root"])):
+        with open(root / name / feature_cache.META_FILE) as f:
             meta = json.load(f)
-        if name.startswith("train-"):
-            rows = np.fromfile(tmp_path / "cache" / name / feature_cache.FEATURES_FILE,
-                               meta["dtype"])
+        base = meta["fields"]["image_size"] == 32 and meta["fields"]["backbone"] == "mobilenet"
+        if name.startswith("train-") and base:  # not the entries of the changed-config tests
+            rows = np.fromfile(root / name / feature_cache.FEATURES_FILE, meta["dtype"])
             train[meta["dtype"]] = rows.reshape(meta["count"], meta["dim"])
     assert set(train) == {"float32", "float16"}
     assert train["float16"].nbytes * 2 == train["float32"].nbytes
     np.testing.assert_allclose(train["float16"].astype(np.float32), train["float32"],
                                rtol=FLOAT16_FEATURE_RTOL, atol=FLOAT16_FEATURE_ATOL)
-    for a, b in zip(head_weights(half), head_weights(full), strict=True):
+    for a, b in zip(runs["float16"], runs["disk"], strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=FLOAT16_WEIGHTS_ATOL)
 
 
-@pytest.mark.parametrize("mode", ["auto", "disk"])
-def test_augmentation_turns_the_cache_off_and_says_why(tmp_path, capsys, count_extractions, mode):
-    head_run(tmp_path, "aug", cache_features=mode, augment=("flip",), verbosity=1)
+@pytest.mark.parametrize("change", [dict(image_size=40),
+                                    dict(backbone="mobilenet_v2", weights="none", alpha=0.35)])
+def test_changed_features_get_a_new_key_and_are_recomputed(runs, extractions, tmp_path, change):
+    cache = runs["root"] / "cache"
+    before = entries(runs["root"])
+    head_run(tmp_path, "changed", cache_features="disk", head_epochs=1, cache_dir=str(cache),
+             **change)
+    assert extractions.calls == 2, "the changed run extracted train and validation again"
+    assert len(entries(runs["root"]) - before) == 2, "two new entries next to the old ones"
+
+
+def test_augmentation_turns_the_cache_off_and_says_why(tmp_path, capsys, extractions):
+    head_run(tmp_path, "aug", cache_features="disk", augment=("flip",), head_epochs=1,
+             verbosity=1)
     assert "Feature cache off: augmentation" in capsys.readouterr().out
-    assert count_extractions == [] and entries(tmp_path) == set()
+    assert extractions.calls == 0 and entries(tmp_path) == set()
+
+
+def test_auto_streams_features_to_disk_when_they_would_not_fit_in_memory(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(feature_cache, "MEMORY_LIMIT_BYTES", 1000)
+    head_run(tmp_path, "auto", cache_features="auto", head_epochs=1, verbosity=1)
+    assert "Feature cache on disk (--cache_dir)" in capsys.readouterr().out
+    assert {n.split("-")[0] for n in entries(tmp_path)} == {"train", "validation"}
 
 
 def test_unwritable_cache_dir_is_a_user_error_naming_the_flag(tmp_path):
@@ -135,11 +163,3 @@ def test_truncated_or_foreign_entries_are_not_read(tmp_path):
     with open(os.path.join(entry, feature_cache.FEATURES_FILE), "r+b") as f:
         f.truncate(8)
     assert feature_cache.read(entry, key) is None
-
-
-def test_auto_streams_features_to_disk_when_they_would_not_fit_in_memory(
-        tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(feature_cache, "MEMORY_LIMIT_BYTES", 1000)
-    head_run(tmp_path, "auto", cache_features="auto", verbosity=1)
-    assert "Feature cache on disk (--cache_dir)" in capsys.readouterr().out
-    assert {n.split("-")[0] for n in entries(tmp_path)} == {"train", "validation"}
