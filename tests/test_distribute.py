@@ -23,6 +23,7 @@ from conftest import ROOT, tiny_config
 
 from tfft import distribute, launch, train_lib
 from tfft.classifier import unfreeze_top_blocks
+from tfft.export import DEFAULT_SUBDIR
 
 # SGD (linear in the gradients) so float rounding differences from summing the replicas'
 # gradients in another order stay at float32 rounding level instead of being amplified.
@@ -123,7 +124,8 @@ def test_two_local_workers_match_a_single_worker_and_only_the_chief_writes(
     for i in (0, 1):
         assert (f"[worker {i}] Strategy multi_worker: 2 replica(s); global batch 16, "
                 "per replica 8") in log
-    assert {"config.json", "metrics.json", "model.keras", "export"} <= set(os.listdir(chief_dir))
+    written = set(os.listdir(chief_dir))
+    assert {"config.json", "metrics.json", "model.keras", DEFAULT_SUBDIR} <= written
     assert not worker_dir.exists()
     assert not [p for p in os.listdir(tmp) if p.startswith("tfft-worker-")]
     metrics = json.loads((chief_dir / "metrics.json").read_text())
