@@ -75,7 +75,9 @@ def unfreeze_top_blocks(clf: Classifier, n: int, train_batchnorm: bool = False) 
 
     Frozen BatchNorm layers run in inference mode (Keras 3 BatchNormalization only uses batch
     statistics when it is trainable), so their moving statistics never change; the hub layer
-    makes the same decision itself. ``train_batchnorm`` lets BatchNorm scale/offset learn.
+    makes the same decision itself. ``train_batchnorm`` (--finetune_batchnorm) lets the unfrozen
+    blocks' BatchNorm train: scale/offset learn, batch statistics are used and the moving averages
+    update (a hub module can only switch all of its BatchNorm layers to training mode at once).
     """
     blocks = clf.backbone.blocks
     if n > len(blocks):
@@ -89,12 +91,29 @@ def unfreeze_top_blocks(clf: Classifier, n: int, train_batchnorm: bool = False) 
             is_bn = isinstance(sub, keras.layers.BatchNormalization)
             sub.trainable = sub.name in selected and (train_batchnorm or not is_bn)
     else:
+        layer.train_batchnorm = train_batchnorm
         for variable in layer.variables:
             path = layer.path_of(variable)
             leaf = path.rsplit("/", 1)[-1]
             is_bn = leaf in ("gamma", "beta", "moving_mean", "moving_variance")
             variable.trainable = (path in selected and not leaf.startswith("moving_")
                                   and (train_batchnorm or not is_bn))
+
+
+def trainable_blocks(clf: Classifier, n: int) -> list[list]:
+    """The trainable variables of each of the top ``n`` backbone blocks, top block first.
+
+    Call after ``unfreeze_top_blocks(clf, n, ...)``; the finetune phase gives each block its own
+    learning rate (discriminative rates) and unfreezing time (gradual unfreezing) from this.
+    """
+    blocks = clf.backbone.blocks[len(clf.backbone.blocks) - n:][::-1] if n else ()
+    layer = clf.backbone.layer
+    if isinstance(layer, keras.Model):
+        by_name = {sub.name: sub for sub in layer.layers}
+        return [[v for name in block for v in by_name[name].trainable_weights]
+                for block in blocks]
+    return [[v for v in layer.trainable_weights if layer.path_of(v) in set(block)]
+            for block in blocks]
 
 
 def count_params(variables: list) -> int:

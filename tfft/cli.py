@@ -1,7 +1,7 @@
 """What every ``python -m tfft.*`` command shares: flag parsing and one-line errors.
 
 User errors end as one line on stderr and a non-zero exit status, never a traceback:
-2 for bad input, 3 for a diverged loss.
+2 for bad input, 3 for a diverged loss, 4 for a test accuracy below --assert_min_accuracy.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
-from tfft.errors import TrainingDiverged, UserError  # noqa: E402
+from tfft.errors import AccuracyBelowMinimum, TrainingDiverged, UserError  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_ACCURACY = 4
 
 
 def fail(message: str, status: int = EXIT_USER_ERROR) -> None:
@@ -119,5 +120,7 @@ def run(main: Callable[[], None], parser: Callable[[list[str]], list[str]] = par
             fail(str(err))
         except TrainingDiverged as err:
             fail(str(err), EXIT_DIVERGED)
+        except AccuracyBelowMinimum as err:
+            fail(str(err), EXIT_ACCURACY)
 
     app.run(wrapped, flags_parser=parser)

@@ -25,6 +25,11 @@ AUGMENTATIONS = ("flip", "rotate", "zoom", "crop")
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DTYPES = ("float32", "float16")
 DATASET_KINDS = ("tfds", "folder", "npz", "sample")
+LR_SCHEDULES = ("constant", "cosine", "one_cycle")
+UNFREEZE_SCHEDULES = ("all_at_once", "gradual")
+# A learning rate of "auto" (flag or Config.replace) is held as this value; the run then picks
+# the rate with an LR range test (tfft.lr_find) before the phase starts.
+AUTO_LR = -1.0
 
 
 def _f(default: Any, help_text: str, **kwargs: Any) -> Any:
@@ -83,7 +88,9 @@ class HeadConfig:
     """Phase ``head``: train the head on the frozen backbone."""
 
     head_epochs: int = _f(5, "Epochs of the head phase (0 skips it).")
-    head_learning_rate: float = _f(1e-3, "Learning rate of the head phase.")
+    head_learning_rate: float = _f(
+        1e-3, "Learning rate of the head phase, or auto (LR range test, tfft.lr_find).",
+        auto=AUTO_LR)
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,20 @@ class FinetuneConfig:
 
     finetune_epochs: int = _f(5, "Epochs of the finetune phase (0 skips it).")
     finetune_learning_rate: float = _f(
-        0.0, "Learning rate of the finetune phase (0 = head_learning_rate / 10)."
+        0.0, "Learning rate of the finetune phase, or auto (LR range test, tfft.lr_find) "
+        "(0 = head_learning_rate / 10, or auto when that is auto).", auto=AUTO_LR
     )
     unfreeze_blocks: int = _f(1, "Number of top backbone blocks unfrozen in the finetune phase.")
+    unfreeze_schedule: str = _f(
+        "all_at_once", "all_at_once, or gradual: the top block first, one more block every "
+        "--unfreeze_every_epochs epochs, up to --unfreeze_blocks.")
+    unfreeze_every_epochs: int = _f(1, "Epochs between two unfreezings of the gradual schedule.")
+    discriminative_lr_factor: float = _f(
+        1.0, "Finetune learning rate of each unfrozen block = the block above's x this factor "
+        "(head and top block at the phase's rate; 1 = one rate for all).")
+    finetune_batchnorm: bool = _f(
+        False, "Train the unfrozen blocks' BatchNorm layers (batch statistics, moving averages "
+        "updated); by default they stay in inference mode.")
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,15 @@ class TrainConfig:
     optimizer: str = _f("adam", f"Optimizer: one of {', '.join(OPTIMIZERS)}.")
     momentum: float = _f(0.9, "Momentum of sgd / rmsprop.")
     label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss.")
+    lr_schedule: str = _f(
+        "constant", "Learning-rate schedule of each phase, per step: constant, cosine (decay to "
+        "0) or one_cycle (rise from lr/25, then anneal to lr/1e4).")
+    warmup_epochs: float = _f(
+        0.0, "Linear warm-up at the start of each phase, in epochs (one_cycle: its rising part; "
+        "0 = 30% of the phase).")
+    assert_min_accuracy: float = _f(
+        0.0, "Fail (exit status 4, no export) when the final test accuracy is below this "
+        "(0 = off).")
     early_stopping_patience: int = _f(
         0, "Stop a phase after this many epochs without val_accuracy gain (0 = off)."
     )
@@ -194,6 +221,8 @@ def flag_fields() -> dict[str, dataclasses.Field]:
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Lists from JSON or absl become the tuples the frozen config holds."""
+    if "auto" in f.metadata and isinstance(value, str) and value.strip().lower() == "auto":
+        return f.metadata["auto"]
     if isinstance(f.default, tuple):
         element = int if f.name == "head_units" else str
         try:
@@ -231,8 +260,18 @@ def validate(config: Config) -> Config:
                  "checkpoint_every_steps",
                  "max_train_examples", "max_eval_examples", "num_gpus", "verbosity"):
         _non_negative(name, config.flat()[name])
-    _positive("head_learning_rate", h.head_learning_rate)
-    _non_negative("finetune_learning_rate", f.finetune_learning_rate)
+    if h.head_learning_rate != AUTO_LR:
+        _positive("head_learning_rate", h.head_learning_rate)
+    if f.finetune_learning_rate != AUTO_LR:
+        _non_negative("finetune_learning_rate", f.finetune_learning_rate)
+    _choice("lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    _choice("unfreeze_schedule", f.unfreeze_schedule, UNFREEZE_SCHEDULES)
+    _positive("unfreeze_every_epochs", f.unfreeze_every_epochs)
+    _non_negative("warmup_epochs", t.warmup_epochs)
+    _require(_finite(f.discriminative_lr_factor) and 0.0 < f.discriminative_lr_factor <= 1.0,
+             "discriminative_lr_factor", "a number in (0, 1]", f.discriminative_lr_factor)
+    _require(_finite(t.assert_min_accuracy) and 0.0 <= t.assert_min_accuracy <= 1.0,
+             "assert_min_accuracy", "a number in [0, 1]", t.assert_min_accuracy)
     _positive("alpha", m.alpha)
     for units in m.head_units:
         _positive("head_units", units)
@@ -251,7 +290,9 @@ def validate(config: Config) -> Config:
     _require(m.weights != "", "weights", "imagenet, none or a file path", "''")
     _require(t.strategy != "tpu" or bool(t.tpu), "tpu", "a TPU address or 'local'", "''")
     if f.finetune_learning_rate == 0.0:
-        config = config.replace(finetune_learning_rate=h.head_learning_rate / 10)
+        auto = h.head_learning_rate == AUTO_LR
+        config = config.replace(
+            finetune_learning_rate=AUTO_LR if auto else h.head_learning_rate / 10)
     return config
 
 

@@ -11,3 +11,8 @@ class UserError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the command line exits with status 3."""
+
+
+class AccuracyBelowMinimum(RuntimeError):
+    """The final test accuracy is below --assert_min_accuracy; the command line exits with
+    status 4 and exports nothing."""

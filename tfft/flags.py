@@ -21,12 +21,31 @@ def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
             flags.DEFINE_boolean(name, default, help_text, flag_values=flag_values)
         elif isinstance(default, int):
             flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+        elif "auto" in f.metadata:
+            flags.DEFINE(_FloatOrAutoParser(f.metadata["auto"]), name, default, help_text,
+                         flag_values=flag_values)
         elif isinstance(default, float):
             flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
         elif isinstance(default, tuple):
             flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+
+
+class _FloatOrAutoParser(flags.FloatParser):
+    """A float flag that also takes ``auto``, held as the field's documented sentinel."""
+
+    def __init__(self, sentinel: float):
+        super().__init__()
+        self.sentinel = sentinel
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip().lower() == "auto":
+            return self.sentinel
+        return super().parse(argument)
+
+    def flag_type(self) -> str:
+        return "float or auto"
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:

@@ -39,6 +39,13 @@ def main() -> None:
 
     distribute.configure_cpu_devices(config.train.cpu_devices)
     result = train_lib.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    minimum = config.train.assert_min_accuracy
+    if minimum and result.test_accuracy < minimum:
+        from tfft.errors import AccuracyBelowMinimum
+
+        raise AccuracyBelowMinimum(
+            f"--assert_min_accuracy: test accuracy {result.test_accuracy:.4f} is below "
+            f"{minimum:g}; nothing exported (run directory {FLAGS.workdir}).")
     if FLAGS.export and result.workdir == FLAGS.workdir:  # other workers ran in a temp dir
         from tfft.export import DEFAULT_SUBDIR, export_model
 

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft import checkpoints, distribute, feature_cache, rundir
+from tfft import checkpoints, distribute, feature_cache, rundir, schedules
 from tfft import data as data_lib
 from tfft.backbones import build_backbone
 from tfft.classifier import (
@@ -30,9 +30,10 @@ from tfft.classifier import (
     build_classifier,
     count_params,
     freeze_backbone,
+    trainable_blocks,
     unfreeze_top_blocks,
 )
-from tfft.config import Config
+from tfft.config import AUTO_LR, Config
 from tfft.errors import TrainingDiverged
 
 
@@ -56,6 +57,22 @@ class EpochStats:
     @property
     def accuracy(self) -> float:
         return self.correct / max(self.count, 1.0)
+
+
+@dataclass
+class VariableGroup:
+    """Variables trained together by one optimizer: at ``factor`` x the phase's learning rate,
+    from epoch ``first_epoch`` of the phase on (see ``Trainer.fit``).
+
+    Discriminative learning rates are separate optimizers, not scaled gradients: Adam, AdamW and
+    RMSprop divide by a running gradient scale, so scaling a gradient barely changes the step.
+    A group's own optimizer with a scaled learning rate makes the step itself scale, exactly, for
+    every optimizer, and keeps each group's state (and its ``iterations``) in the checkpoint.
+    """
+
+    variables: list
+    factor: float = 1.0
+    first_epoch: int = 0
 
 
 @dataclass
@@ -148,7 +165,6 @@ def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy,
     trainer = Trainer(clf, config, splits, strategy, say, callbacks, workdir, progress)
     freeze_backbone(clf)
     metrics["phases"]["head"] = trainer.run_head_phase()
-    unfreeze_top_blocks(clf, config.finetune.unfreeze_blocks)
     metrics["phases"]["finetune"] = trainer.run_finetune_phase()
     freeze_backbone(clf)
     test = trainer.evaluate(clf.model, trainer.batches(splits.test), "Test evaluation")
@@ -171,7 +187,7 @@ def phase_param_counts(clf: Classifier, config: Config) -> dict[str, int]:
     """Trainable parameters in each phase (the backbone is left frozen afterwards)."""
     freeze_backbone(clf)
     head = count_params(clf.model.trainable_weights)
-    unfreeze_top_blocks(clf, config.finetune.unfreeze_blocks)
+    unfreeze_top_blocks(clf, config.finetune.unfreeze_blocks, config.finetune.finetune_batchnorm)
     finetune = count_params(clf.model.trainable_weights)
     freeze_backbone(clf)
     return {"total": count_params(clf.model.weights), "head_trainable": head,
@@ -201,12 +217,18 @@ class Trainer:
             return []
         if self._completed("head"):
             return self.progress.history["head"]
-        lr = self.config.head.head_learning_rate
+        model, train, val = self.head_phase_data()
+        lr = self.learning_rate("head", model, train)
+        return self.fit("head", model, train, val, epochs, lr)
+
+    def head_phase_data(self) -> tuple[keras.Model, Callable[[int], tf.data.Dataset],
+                                       tf.data.Dataset]:
+        """The model the head phase trains (the head alone on cached features, or the full
+        model) with its training batches (a function of the shuffle seed) and validation."""
         if self._use_feature_cache():
             train, val = self._cached_features()
-            return self.fit("head", self.clf.head, train, val, epochs, lr)
-        val = self.batches(self.splits.validation)
-        return self.fit("head", self.clf.model, self._train_batches, val, epochs, lr)
+            return self.clf.head, train, val
+        return self.clf.model, self._train_batches, self.batches(self.splits.validation)
 
     def run_finetune_phase(self) -> list[dict[str, Any]]:
         epochs = self.config.finetune.finetune_epochs
@@ -214,9 +236,44 @@ class Trainer:
             return []
         if self._completed("finetune"):
             return self.progress.history["finetune"]
+        groups = self.finetune_groups()
         val = self.batches(self.splits.validation)
-        return self.fit("finetune", self.clf.model, self._train_batches, val, epochs,
-                        self.config.finetune.finetune_learning_rate)
+        lr = self.learning_rate("finetune", self.clf.model, self._train_batches, groups)
+        return self.fit("finetune", self.clf.model, self._train_batches, val, epochs, lr, groups,
+                        self.unfreeze_for_epoch)
+
+    def finetune_groups(self) -> list[VariableGroup]:
+        """One group per unfrozen block (the head joins the top one), top first, each with its
+        discriminative factor and the epoch the unfreeze schedule starts training it."""
+        cfg = self.config.finetune
+        unfreeze_top_blocks(self.clf, cfg.unfreeze_blocks, cfg.finetune_batchnorm)
+        blocks = trainable_blocks(self.clf, cfg.unfreeze_blocks)
+        blocks[0] = [*self.clf.head.trainable_variables, *blocks[0]]
+        return [VariableGroup(variables, schedules.discriminative_factor(
+                    depth, cfg.discriminative_lr_factor),
+                              schedules.first_epoch_of_block(
+                    depth, cfg.unfreeze_schedule, cfg.unfreeze_every_epochs))
+                for depth, variables in enumerate(blocks)]
+
+    def unfreeze_for_epoch(self, epoch: int) -> None:
+        """Sets the trainable flags (and BatchNorm modes) the unfreeze schedule gives ``epoch``."""
+        cfg = self.config.finetune
+        unfreeze_top_blocks(self.clf, schedules.unfrozen_blocks_at(
+            epoch, cfg.unfreeze_blocks, cfg.unfreeze_schedule, cfg.unfreeze_every_epochs),
+            cfg.finetune_batchnorm)
+
+    def learning_rate(self, phase: str, model: keras.Model,
+                      train: Callable[[int], tf.data.Dataset],
+                      groups: list[VariableGroup] | None = None) -> float:
+        """The phase's configured rate; ``auto`` runs the LR range test on ``model`` once per
+        run (the result is kept in the run directory, so a resumed run uses the same rate)."""
+        rate = (self.config.head.head_learning_rate if phase == "head"
+                else self.config.finetune.finetune_learning_rate)
+        if rate != AUTO_LR:
+            return rate
+        from tfft import lr_find
+
+        return lr_find.auto_learning_rate(self, phase, model, train, groups)
 
     def _completed(self, phase: str) -> bool:
         """On resume, a finished phase is not trained again; its final weights are loaded."""
@@ -292,21 +349,33 @@ class Trainer:
     # ------------------------------------------------------------ loop
 
     def fit(self, phase: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
-            val: tf.data.Dataset, epochs: int, learning_rate: float) -> list[dict[str, Any]]:
+            val: tf.data.Dataset, epochs: int, learning_rate: float,
+            groups: list[VariableGroup] | None = None,
+            unfreeze: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """Trains ``model`` for ``epochs``, checkpointing after every epoch (and every
         ``checkpoint_every_steps``); resumes an interrupted phase exactly where it stopped.
 
         ``train(seed)`` gives one epoch's shuffled batches; the seed depends only on the run's
         seed, the phase and the epoch, so a resumed epoch sees the same batches in the same order
         and can skip the steps already done. Early stopping restores the best epoch's weights.
+
+        ``groups`` (default: every trainable variable of ``model``) each get an optimizer whose
+        learning-rate schedule (``--lr_schedule``, per step) is scaled by the group's factor and
+        that starts at the group's first epoch; ``unfreeze(epoch)`` sets the trainable flags
+        whenever a group starts. The schedules read their optimizer's checkpointed ``iterations``
+        and the active groups follow from the epoch, so a resumed phase continues both exactly.
         """
+        groups = groups or [VariableGroup(list(model.trainable_variables))]
+        steps_per_epoch = self._steps_per_epoch(train(epoch_seed(self.seed, phase, 0)))
+        rates = [self._rate(learning_rate, group, epochs, steps_per_epoch) for group in groups]
         with self.strategy.scope():
-            optimizer = make_optimizer(self.config, learning_rate)
-            optimizer.build(model.trainable_variables)
-        step = self._train_step(model, optimizer)
+            optimizers = [make_optimizer(self.config, rate) for rate in rates]
+            for optimizer, group in zip(optimizers, groups, strict=True):
+                optimizer.build(group.variables)
         model_variables = self.clf.model.variables
-        saver = checkpoints.PhaseCheckpointer(self.workdir, phase, model_variables,
-                                              optimizer.variables)
+        saver = checkpoints.PhaseCheckpointer(
+            self.workdir, phase, model_variables,
+            [v for optimizer in optimizers for v in optimizer.variables])
         best_saver = checkpoints.PhaseCheckpointer(self.workdir, f"{phase}_best",
                                                    model_variables, [])
         progress = self._phase_progress(phase, saver)
@@ -317,7 +386,13 @@ class Trainer:
                  f"{count_params(model.trainable_weights):,} trainable parameters")
         for callback in self.callbacks:
             callback.on_phase_begin(phase, model, epochs)
+        step, active = None, -1
         for epoch in range(progress.epoch, epochs):
+            live = sum(group.first_epoch <= epoch for group in groups)
+            if live != active:
+                if unfreeze:
+                    unfreeze(epoch)
+                step, active = self._train_step(model, groups[:live], optimizers[:live]), live
             start = time.perf_counter()
             stats = EpochStats(**progress.partial) if progress.step else EpochStats()
             batches = train(epoch_seed(self.seed, phase, epoch))
@@ -340,7 +415,8 @@ class Trainer:
             val_stats = self.evaluate(model, val)
             row = {"epoch": epoch + 1, "phase": phase, "loss": stats.mean_loss,
                    "accuracy": stats.accuracy, "val_loss": val_stats.mean_loss,
-                   "val_accuracy": val_stats.accuracy, "learning_rate": learning_rate,
+                   "val_accuracy": val_stats.accuracy,
+                   "learning_rate": _last_rate(rates[0], optimizers[0]),
                    "seconds": time.perf_counter() - start, "global_step": self.global_step}
             history.append(row)
             for callback in self.callbacks:
@@ -397,9 +473,32 @@ class Trainer:
                 bar.update(i + 1, [("loss", stats.mean_loss), ("accuracy", stats.accuracy)])
         return stats
 
-    def _train_step(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
+    def _rate(self, learning_rate: float, group: VariableGroup, epochs: int,
+              steps_per_epoch: int) -> float | schedules.PhaseSchedule:
+        """A group's learning rate: a float when constant, else its per-step schedule."""
+        t = self.config.train
+        if t.lr_schedule == "constant" and t.warmup_epochs == 0:
+            return learning_rate * group.factor
+        return schedules.PhaseSchedule(
+            t.lr_schedule, learning_rate, epochs * steps_per_epoch,
+            round(t.warmup_epochs * steps_per_epoch), group.first_epoch * steps_per_epoch,
+            group.factor)
+
+    def _steps_per_epoch(self, batches: tf.data.Dataset) -> int:
+        known = self._steps(batches)
+        if known is not None:
+            return known
+        size, batch = self.splits.sizes.get("train", 0), self.config.data.batch_size
+        drop = distribute.needs_static_shapes(self.strategy)
+        return max(size // batch if drop else -(-size // batch), 1)
+
+    def _train_step(self, model: keras.Model, groups: list[VariableGroup],
+                    optimizers: list[keras.optimizers.Optimizer]):
+        """One step over the active groups: one gradient, each group's optimizer applies its
+        part (so each group moves at its own learning rate, whatever the optimizer)."""
         loss_fn = self._loss_fn()
-        variables = model.trainable_variables
+        variables = [v for group in groups for v in group.variables]
+        bounds = np.cumsum([0] + [len(group.variables) for group in groups]).tolist()
         num_classes = self.splits.num_classes
 
         def replica_step(x, y):
@@ -411,7 +510,8 @@ class Trainer:
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             grads = tape.gradient(loss, variables)
-            optimizer.apply_gradients(zip(grads, variables, strict=True))
+            for optimizer, lo, hi in zip(optimizers, bounds, bounds[1:], strict=False):
+                optimizer.apply_gradients(zip(grads[lo:hi], variables[lo:hi], strict=True))
             return _sums(per_example, probs, y)
 
         return self._reduced(replica_step)
@@ -482,7 +582,17 @@ def _sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> list[t
     ]
 
 
-def make_optimizer(config: Config, learning_rate: float) -> keras.optimizers.Optimizer:
+def _last_rate(rate: float | schedules.PhaseSchedule,
+               optimizer: keras.optimizers.Optimizer) -> float:
+    """The learning rate of the optimizer's last step (the metrics row's ``learning_rate``)."""
+    if isinstance(rate, schedules.PhaseSchedule):
+        return float(rate(max(int(optimizer.iterations.numpy()) - 1, 0)))
+    return float(rate)
+
+
+def make_optimizer(config: Config,
+                   learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+                   ) -> keras.optimizers.Optimizer:
     name, momentum = config.train.optimizer, config.train.momentum
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=momentum)
