@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from tfft import data as data_lib
 from tfft import rundir
+from tfft.checkpoints import PHASES
 from tfft.config import Config
 from tfft.train_lib import RunCallback, RunResult
 
@@ -41,7 +42,6 @@ REPORT_MD = "report.md"
 CSV_COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy",
                "learning_rate", "seconds")
 SAMPLE_COUNT = 16
-PHASES = ("head", "finetune")
 Predict = Callable[[tf.Tensor], np.ndarray]  # preprocessed image batch -> probabilities
 
 
@@ -79,7 +79,10 @@ def write_run_report(result: RunResult) -> dict[str, str]:
 
 def write_run_dir_report(workdir: str, predictions: TestPredictions,
                          class_names: Sequence[str]) -> dict[str, str]:
-    """The report of a finished run directory with predictions made elsewhere (tfft.evaluate).
+    """The report of a finished run directory with predictions made elsewhere (tfft.evaluate)::
+
+        predictions = TestPredictions(labels, predicted, None, first_images(raw_test_split))
+        write_run_dir_report(workdir, predictions, class_names)
 
     The epoch history comes from ``metrics.csv`` when present (it keeps the timings), else from
     ``metrics.json``; the config and parameter counts from the run's files.
