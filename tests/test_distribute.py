@@ -23,6 +23,7 @@ from conftest import ROOT, tiny_config
 
 from tfft import distribute, launch, train_lib
 from tfft.classifier import unfreeze_top_blocks
+from tfft.errors import UserError
 from tfft.export import DEFAULT_SUBDIR
 
 # SGD (linear in the gradients) so float rounding differences from summing the replicas'
@@ -175,6 +176,14 @@ def test_tpu_that_does_not_answer_fails_fast_with_one_line(tmp_path):
     _one_line_error(proc, "--tpu", f"grpc://127.0.0.1:{port}")
     assert time.monotonic() - start < 100
     assert not (tmp_path / "run").exists()
+
+
+def test_more_gpus_than_visible_is_a_user_error():
+    import tensorflow as tf
+
+    visible = len(tf.config.list_logical_devices("GPU"))
+    with pytest.raises(UserError, match=rf"--num_gpus: expected at most the {visible} visible"):
+        distribute.make_strategy(tiny_config(strategy="mirrored", num_gpus=visible + 1).train)
 
 
 def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path):

@@ -52,11 +52,12 @@ def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
 
 
 def _mirrored_devices(num_gpus: int) -> list[str]:
+    """The first ``num_gpus`` GPUs (0 = all); without GPUs, the CPU's logical devices."""
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if num_gpus > len(gpus):
+        raise UserError(f"--num_gpus: expected at most the {len(gpus)} visible GPU(s); received "
+                        f"{num_gpus} (--cpu_devices=N tries mirrored on the CPU).")
     if gpus:
-        if num_gpus > len(gpus):
-            raise UserError(f"--num_gpus: expected at most {len(gpus)} visible GPUs; "
-                            f"received {num_gpus}.")
         return gpus[:num_gpus] if num_gpus else gpus
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
