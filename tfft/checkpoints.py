@@ -31,6 +31,9 @@ RESUMABLE_CHANGES = frozenset(
     {"verbosity", "strategy", "tpu", "num_gpus", "cpu_devices", "tensorboard",
      "checkpoint_every_steps"})
 RUN_FILES = (rundir.CONFIG, rundir.METRICS, rundir.MODEL, PROGRESS)
+# Directories a new run must not mix with: checkpoints and TensorBoard logs (exports are
+# versioned and kept; report files are rewritten by every run).
+RUN_DIRS = (CHECKPOINTS, "tensorboard")
 
 
 @dataclass
@@ -62,7 +65,8 @@ def prepare_workdir(workdir: str, config: Config, overwrite: bool) -> Progress |
             path = os.path.join(workdir, name)
             if os.path.exists(path):
                 os.remove(path)
-        shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
         return None
     config_path = os.path.join(workdir, rundir.CONFIG)
     if not os.path.exists(config_path):
