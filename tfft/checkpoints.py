@@ -58,8 +58,15 @@ class Progress:
         return later or (self.phase == phase and self.done)
 
 
-def prepare_workdir(workdir: str, config: Config, overwrite: bool) -> Progress | None:
-    """Fresh run (None) or the progress to resume; refuses finished or different runs."""
+def prepare_workdir(workdir: str, config: Config, overwrite: bool,
+                    may_delete: bool = True) -> Progress | None:
+    """Fresh run (None) or the progress to resume; refuses finished or different runs.
+
+    Every worker of a cluster calls this on the same ``workdir`` so all make the same decision;
+    only the chief (``may_delete``) clears it for ``--overwrite``.
+    """
+    if overwrite and not may_delete:
+        return None
     if overwrite:
         for name in RUN_FILES:
             path = os.path.join(workdir, name)

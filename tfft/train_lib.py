@@ -34,7 +34,7 @@ from tfft.classifier import (
     unfreeze_top_blocks,
 )
 from tfft.config import AUTO_LR, Config
-from tfft.errors import TrainingDiverged
+from tfft.errors import TrainingDiverged, UserError
 
 
 @dataclass
@@ -128,10 +128,15 @@ def train_and_evaluate(
     """
     strategy = strategy or distribute.make_strategy(config.train)
     chief = distribute.is_chief(strategy)
+    progress = checkpoints.prepare_workdir(workdir, config, overwrite, may_delete=chief)
+    if progress is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise UserError(f"--workdir: {workdir!r} holds an interrupted multi-worker run; "
+                        "resuming one is not supported (every worker would need its position); "
+                        "pass --overwrite to start it again.")
     out_dir = workdir if chief else tempfile.mkdtemp(prefix="tfft-worker-")
     try:
         callbacks = (*default_callbacks(config, workdir), *callbacks) if chief else ()
-        return _run(config, out_dir, strategy, callbacks, overwrite)
+        return _run(config, out_dir, strategy, callbacks, progress if chief else None)
     finally:
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -149,8 +154,7 @@ def default_callbacks(config: Config, workdir: str) -> tuple[RunCallback, ...]:
 
 
 def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy,
-         callbacks: tuple[RunCallback, ...], overwrite: bool) -> RunResult:
-    progress = checkpoints.prepare_workdir(workdir, config, overwrite)
+         callbacks: tuple[RunCallback, ...], progress: checkpoints.Progress | None) -> RunResult:
     seed_everything(config.train.seed)
     say = _printer(config.train.verbosity)
     splits = data_lib.load_splits(config.data, config.train.seed)
@@ -161,7 +165,8 @@ def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy,
     rundir.write_text(os.path.join(workdir, rundir.CONFIG), config.to_json() + "\n")
     _print_summary(say, config, splits, params, strategy)
 
-    metrics: dict[str, Any] = {"phases": {}, "parameters": params, "backbone": backbone.identity}
+    metrics: dict[str, Any] = {"phases": {}, "parameters": params, "backbone": backbone.identity,
+                               "class_names": list(splits.class_names)}
     trainer = Trainer(clf, config, splits, strategy, say, callbacks, workdir, progress)
     freeze_backbone(clf)
     metrics["phases"]["head"] = trainer.run_head_phase()
