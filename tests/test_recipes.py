@@ -32,7 +32,8 @@ def changed_paths(result: train_lib.RunResult, before: dict[str, np.ndarray]) ->
 @pytest.mark.parametrize("finetune_batchnorm", [False, True])
 def test_batchnorm_statistics_change_only_when_asked(tmp_path, finetune_batchnorm):
     config = tiny_config(head_epochs=0, finetune_epochs=1, unfreeze_blocks=2,
-                         finetune_batchnorm=finetune_batchnorm)
+                         finetune_batchnorm=finetune_batchnorm, max_train_examples=32,
+                         max_eval_examples=16, tensorboard=False)
     before = initial_backbone_weights(config)
     changed = changed_paths(train_lib.train_and_evaluate(config, str(tmp_path)), before)
     moving = {p for p in changed if "moving_" in p}
@@ -91,7 +92,8 @@ class Recorder(train_lib.RunCallback):
 
 RECIPE = dict(head_epochs=1, finetune_epochs=3, unfreeze_blocks=3, unfreeze_schedule="gradual",
               discriminative_lr_factor=0.5, lr_schedule="cosine", warmup_epochs=1.0,
-              finetune_learning_rate=1e-3, cache_features="off", max_train_examples=32)
+              finetune_learning_rate=1e-3, max_train_examples=32, max_eval_examples=16,
+              tensorboard=False)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,8 @@ def test_each_block_moves_by_its_discriminative_factor(tmp_path):
     times the rate), so each block's median update is the rate times its factor."""
     lr, factor = 1e-3, 0.5
     config = tiny_config(head_epochs=0, finetune_epochs=1, unfreeze_blocks=3, batch_size=64,
-                         finetune_learning_rate=lr, discriminative_lr_factor=factor)
+                         finetune_learning_rate=lr, discriminative_lr_factor=factor,
+                         max_eval_examples=16, tensorboard=False)
     before = initial_backbone_weights(config)
     result = train_lib.train_and_evaluate(config, str(tmp_path))
     after = {w.path: w.numpy() for w in result.classifier.backbone.layer.weights}
@@ -175,7 +178,8 @@ def test_lr_find_is_finite_inside_the_sweep_and_reproducible(tmp_path):
 
 
 def test_auto_head_rate_is_the_range_tests_and_kept_for_resume(tmp_path):
-    config = tiny_config(head_epochs=1, finetune_epochs=0, head_learning_rate="auto")
+    config = tiny_config(head_epochs=1, finetune_epochs=0, head_learning_rate="auto",
+                         max_eval_examples=16, tensorboard=False)
     result = train_lib.train_and_evaluate(config, str(tmp_path))
     saved = rundir.read_json(str(tmp_path / lr_find.SAVED))
     assert result.metrics["phases"]["head"][0]["learning_rate"] == pytest.approx(saved["head"])
@@ -186,7 +190,7 @@ def test_cli_accuracy_gate_exits_4_without_export(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
         [sys.executable, "-m", "tfft.train", "--flagfile=configs/quickstart.cfg",
-         f"--workdir={tmp_path}", "--image_size=32", "--head_epochs=1", "--finetune_epochs=0",
+         f"--workdir={tmp_path}", "--image_size=32", "--head_epochs=0", "--finetune_epochs=0",
          "--max_train_examples=32", "--max_eval_examples=16", "--verbosity=0",
          "--tensorboard=false", "--assert_min_accuracy=0.999"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
