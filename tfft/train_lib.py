@@ -249,16 +249,22 @@ class Trainer:
 
     def finetune_groups(self) -> list[VariableGroup]:
         """One group per unfrozen block (the head joins the top one), top first, each with its
-        discriminative factor and the epoch the unfreeze schedule starts training it."""
+        discriminative factor and the epoch the unfreeze schedule starts training it; blocks
+        that share both are one group (by default: one group, one optimizer)."""
         cfg = self.config.finetune
         unfreeze_top_blocks(self.clf, cfg.unfreeze_blocks, cfg.finetune_batchnorm)
         blocks = trainable_blocks(self.clf, cfg.unfreeze_blocks)
         blocks[0] = [*self.clf.head.trainable_variables, *blocks[0]]
-        return [VariableGroup(variables, schedules.discriminative_factor(
-                    depth, cfg.discriminative_lr_factor),
-                              schedules.first_epoch_of_block(
-                    depth, cfg.unfreeze_schedule, cfg.unfreeze_every_epochs))
-                for depth, variables in enumerate(blocks)]
+        groups: list[VariableGroup] = []
+        for depth, variables in enumerate(blocks):
+            factor = schedules.discriminative_factor(depth, cfg.discriminative_lr_factor)
+            first = schedules.first_epoch_of_block(depth, cfg.unfreeze_schedule,
+                                                   cfg.unfreeze_every_epochs)
+            if groups and (groups[-1].factor, groups[-1].first_epoch) == (factor, first):
+                groups[-1].variables.extend(variables)
+            else:
+                groups.append(VariableGroup(list(variables), factor, first))
+        return groups
 
     def unfreeze_for_epoch(self, epoch: int) -> None:
         """Sets the trainable flags (and BatchNorm modes) the unfreeze schedule gives ``epoch``."""
