@@ -9,16 +9,21 @@ sweeps a CPU affords, and min/10 stays on the stable side of it. ``--head_learni
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import flags
 
 from tfft import cli
 from tfft.flags import config_from_flags, define_config_flags
+
+if TYPE_CHECKING:
+    from tfft.train_lib import Trainer
 
 START_LR, END_LR = 1e-7, 1.0
 SMOOTHING = 0.9  # exponential moving average of the loss
@@ -49,12 +54,11 @@ def suggest(rates: list[float], smoothed: list[float]) -> float:
     return max(rates[best] / 10.0, rates[0])
 
 
-def range_test(trainer, phase: str, model, train, groups=None,
+def range_test(trainer: Trainer, phase: str, model, train, groups=None,
                steps: int = DEFAULT_STEPS) -> RangeTest:
     """Sweeps the learning rate over ``steps`` training steps of ``model`` and restores it.
 
-    ``trainer`` is a ``tfft.train_lib.Trainer``; ``groups`` (finetune) keep their
-    discriminative factors relative to the swept rate.
+    ``groups`` (finetune) keep their discriminative factors relative to the swept rate.
     """
     import keras
     import tensorflow as tf
@@ -78,24 +82,21 @@ def range_test(trainer, phase: str, model, train, groups=None,
         for optimizer, group in zip(optimizers, groups, strict=True):
             optimizer.build(group.variables)
     step = trainer._train_step(model, groups, optimizers)
+    def batches():  # epoch after epoch, shuffled as the phase's epochs are
+        for epoch in itertools.count():
+            yield from distribute.distribute(
+                trainer.strategy, train(epoch_seed(trainer.seed, phase, epoch)))
+
     rates, losses, smoothed, average = [], [], [], 0.0
-    epoch = 0
-    while len(rates) < steps:
-        batches = train(epoch_seed(trainer.seed, phase, epoch))
-        for batch in distribute.distribute(trainer.strategy, batches):
-            sums = step(batch)
-            loss = float(sums[0]) / max(float(sums[2]), 1.0)
-            rates.append(START_LR * growth ** len(rates))
-            losses.append(loss)
-            average = SMOOTHING * average + (1 - SMOOTHING) * loss
-            smoothed.append(average / (1 - SMOOTHING ** len(losses)))
-            if (not math.isfinite(smoothed[-1]) or len(rates) >= steps
-                    or smoothed[-1] > EXPLODED * min(smoothed)):
-                break
-        else:
-            epoch += 1
-            continue
-        break
+    for batch in itertools.islice(batches(), steps):
+        sums = step(batch)
+        loss = float(sums[0]) / max(float(sums[2]), 1.0)
+        rates.append(START_LR * growth ** len(rates))
+        losses.append(loss)
+        average = SMOOTHING * average + (1 - SMOOTHING) * loss
+        smoothed.append(average / (1 - SMOOTHING ** len(losses)))
+        if not math.isfinite(smoothed[-1]) or smoothed[-1] > EXPLODED * min(smoothed):
+            break
     for variable, value in zip(trainer.clf.model.variables, saved, strict=True):
         variable.assign(value)
     finite = [s if math.isfinite(s) else float("nan") for s in smoothed]
@@ -124,7 +125,7 @@ def plot(result: RangeTest, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def auto_learning_rate(trainer, phase: str, model, train, groups=None) -> float:
+def auto_learning_rate(trainer: Trainer, phase: str, model, train, groups=None) -> float:
     """``--<phase>_learning_rate=auto``: the run's saved result, or a new range test (its plot
     goes to ``lr_find_<phase>.png`` in the run directory)."""
     from tfft import rundir
