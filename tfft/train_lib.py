@@ -4,7 +4,9 @@ One training code path for every tf.distribute strategy: a custom step run with
 ``strategy.run`` (Keras 3 ``model.fit`` fails under MultiWorkerMirroredStrategy, STACK_FACTS §4b).
 Phase ``head`` trains the head on the frozen backbone, on cached backbone features when nothing
 makes them change between epochs; phase ``finetune`` unfreezes the top blocks at a lower
-learning rate with the backbone still in inference mode (BatchNorm statistics frozen).
+learning rate with the backbone still in inference mode (BatchNorm statistics frozen unless
+``--finetune_batchnorm``), optionally with per-step schedules, gradual unfreezing and
+discriminative learning rates (``tfft.schedules``).
 """
 
 from __future__ import annotations
