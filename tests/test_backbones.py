@@ -72,7 +72,7 @@ def test_hub_backbone_counts_and_blocks(hub_feature_vector):
     assert head < finetune1 < finetune3
 
 
-def test_hub_variables_change_in_finetune_not_in_head(hub_feature_vector):
+def test_hub_variables_change_in_finetune_not_in_head(hub_feature_vector, tmp_path):
     from conftest import tiny_config
 
     from tfft import train_lib
@@ -92,9 +92,9 @@ def test_hub_variables_change_in_finetune_not_in_head(hub_feature_vector):
     config = tiny_config(backbone="hub", hub_handle=hub_feature_vector, head_epochs=1,
                          finetune_epochs=0, unfreeze_blocks=3, cache_features="off",
                          head_learning_rate=0.01, finetune_learning_rate=0.01)
-    changed, _ = changed_paths(config, "/tmp/unused-hub-head")
+    changed, _ = changed_paths(config, str(tmp_path / "head"))
     assert changed == set(), "head phase leaves the hub backbone untouched"
-    changed, top = changed_paths(config.replace(finetune_epochs=1), "/tmp/unused-hub-both")
+    changed, top = changed_paths(config.replace(finetune_epochs=1), str(tmp_path / "both"))
     assert changed, "finetune phase trains the unfrozen hub variables"
     assert changed <= top, f"only the top 3 blocks train; also changed: {changed - top}"
 

@@ -285,7 +285,8 @@ def _from_tfds(name: str, cfg: DataConfig, seed: int, fractions: tuple[float, fl
     except Exception as err:  # noqa: BLE001 - TFDS raises several types for unknown names
         raise UserError(f"--dataset: unknown TFDS dataset {name!r} ({_first_line(err)}).") from None
     info = builder.info
-    label = info.features.get("label", None)
+    features = info.features  # a tfds FeaturesDict: supports "in" and [], not .get
+    label = features["label"] if "label" in features else None  # noqa: SIM401
     if label is None or not hasattr(label, "names"):
         raise UserError(f"--dataset: expected an image classification dataset with a 'label' "
                         f"feature; {name!r} has {sorted(info.features)}.")
