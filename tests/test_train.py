@@ -113,3 +113,13 @@ def test_cli_finds_shipped_config_by_bare_name(tmp_path):
                    "--max_eval_examples=16", "--verbosity=0", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert os.path.exists(tmp_path / "metrics.json")
+
+
+def test_mixed_bfloat16_trains_with_float32_outputs_and_restores_the_policy(tmp_path):
+    config = tiny_config(head_epochs=1, finetune_epochs=1, mixed_precision="mixed_bfloat16")
+    result = train_lib.train_and_evaluate(config, str(tmp_path))
+    dense = result.classifier.head.get_layer("head_dense_0")
+    assert dense.compute_dtype == "bfloat16" and dense.kernel.dtype == "float32"
+    assert result.classifier.model.output.dtype == "float32"
+    assert np.isfinite(result.metrics["test"]["loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -24,6 +24,7 @@ STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 AUGMENTATIONS = ("flip", "rotate", "zoom", "crop")
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DTYPES = ("float32", "float16")
+PRECISIONS = ("float32", "mixed_bfloat16")
 DATASET_KINDS = ("tfds", "folder", "npz", "sample")
 LR_SCHEDULES = ("constant", "cosine", "one_cycle")
 UNFREEZE_SCHEDULES = ("all_at_once", "gradual")
@@ -139,6 +140,9 @@ class TrainConfig:
         "Head phase on cached backbone features: auto (= memory unless augmentation), memory, "
         "disk (keyed files in --cache_dir, reused across runs), off.",
     )
+    mixed_precision: str = _f(
+        "float32", "Compute dtype policy: float32, or mixed_bfloat16 (TPUs and recent GPUs; "
+        "slower on CPUs, STACK_FACTS §8).")
     cache_dtype: str = _f(
         "float32", "Storage dtype of cached features: float32, or float16 (half the memory/disk)."
     )
@@ -252,6 +256,7 @@ def validate(config: Config) -> Config:
     _choice("strategy", t.strategy, STRATEGIES)
     _choice("cache_features", t.cache_features, CACHE_MODES)
     _choice("cache_dtype", t.cache_dtype, CACHE_DTYPES)
+    _choice("mixed_precision", t.mixed_precision, PRECISIONS)
     for aug in d.augment:
         _choice("augment", aug, AUGMENTATIONS)
     for name in ("image_size", "batch_size", "shuffle_buffer", "cpu_devices"):

@@ -136,10 +136,12 @@ def train_and_evaluate(
                         "resuming one is not supported (every worker would need its position); "
                         "pass --overwrite to start it again.")
     out_dir = workdir if chief else tempfile.mkdtemp(prefix="tfft-worker-")
+    caller_policy = keras.mixed_precision.global_policy()
     try:
         callbacks = (*default_callbacks(config, workdir), *callbacks) if chief else ()
         return _run(config, out_dir, strategy, callbacks, progress if chief else None)
     finally:
+        keras.mixed_precision.set_global_policy(caller_policy)  # the policy is process-global
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -158,6 +160,7 @@ def default_callbacks(config: Config, workdir: str) -> tuple[RunCallback, ...]:
 def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy,
          callbacks: tuple[RunCallback, ...], progress: checkpoints.Progress | None) -> RunResult:
     seed_everything(config.train.seed)
+    keras.mixed_precision.set_global_policy(config.train.mixed_precision)
     say = _printer(config.train.verbosity)
     splits = data_lib.load_splits(config.data, config.train.seed)
     with strategy.scope():
