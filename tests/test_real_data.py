@@ -14,12 +14,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SHARED_DATA, tiny_config
 
 from tfft import train_lib
 from tfft.backbones import build_backbone
 from tfft.config import ModelConfig
-
-from conftest import SHARED_DATA, tiny_config
 
 pytestmark = pytest.mark.large
 
