@@ -77,6 +77,31 @@ def test_cached_and_uncached_head_phase_agree(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
 
 
+# Several steps per call run the same ops on the same batches; only the op schedule differs.
+STEPS_PER_CALL_ATOL = 1e-6
+
+
+@pytest.mark.parametrize("cache", ["memory", "off"])
+def test_steps_per_execution_trains_the_same_model(tmp_path, cache):
+    """64 examples / batch 16 = 4 steps an epoch: 3 steps per call gives calls of 3 + 1 steps,
+    and a checkpoint every 2 steps cuts them to 2 + 2; both must match one step per call."""
+    config = tiny_config(head_epochs=2, finetune_epochs=1, cache_features=cache)
+    runs = [train_lib.train_and_evaluate(
+                config.replace(steps_per_execution=spe, checkpoint_every_steps=every),
+                str(tmp_path / f"{spe}_{every}"))
+            for spe, every in [(1, 0), (3, 0), (3, 2)]]
+    reference = runs[0]
+    for run in runs[1:]:
+        for a, b in zip(reference.classifier.model.weights, run.classifier.model.weights,
+                        strict=True):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=STEPS_PER_CALL_ATOL)
+        for phase, rows in reference.metrics["phases"].items():
+            for want, got in zip(rows, run.metrics["phases"][phase], strict=True):
+                assert got["global_step"] == want["global_step"]
+                assert got["loss"] == pytest.approx(want["loss"], abs=STEPS_PER_CALL_ATOL)
+                assert got["val_accuracy"] == want["val_accuracy"]
+
+
 def test_zero_epoch_phases_and_parameter_counts(tmp_path):
     config = tiny_config(head_epochs=0, finetune_epochs=0)
     result = train_lib.train_and_evaluate(config, str(tmp_path))

@@ -29,7 +29,7 @@ PHASES = ("head", "finetune")
 # Fields that change how a run executes but not what it computes: a resume may change them.
 RESUMABLE_CHANGES = frozenset(
     {"verbosity", "strategy", "tpu", "num_gpus", "cpu_devices", "tensorboard",
-     "checkpoint_every_steps", "assert_min_accuracy"})
+     "checkpoint_every_steps", "steps_per_execution", "assert_min_accuracy"})
 RUN_FILES = (rundir.CONFIG, rundir.METRICS, rundir.MODEL, PROGRESS)
 # Directories a new run must not mix with: checkpoints and TensorBoard logs (exports are
 # versioned and kept; report files are rewritten by every run).

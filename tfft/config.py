@@ -152,6 +152,10 @@ class TrainConfig:
     )
     checkpoint_every_steps: int = _f(
         0, "Also checkpoint every N steps within an epoch (0 = at epoch ends only).")
+    steps_per_execution: int = _f(
+        0, "Steps run per compiled call, in training and evaluation (0 = auto: 100 on cached "
+        "features, where a step is tiny, else 1); progress, NaN checks and step checkpoints "
+        "happen between calls.")
     seed: int = _f(42, "Random seed for splits, shuffling and initialisation.")
     strategy: str = _f("default", f"tf.distribute strategy: one of {', '.join(STRATEGIES)}.")
     tpu: str = _f("", "TPU address or 'local' (with --strategy=tpu).")
@@ -262,7 +266,7 @@ def validate(config: Config) -> Config:
     for name in ("image_size", "batch_size", "shuffle_buffer", "cpu_devices"):
         _positive(name, config.flat()[name])
     for name in ("head_epochs", "finetune_epochs", "unfreeze_blocks", "early_stopping_patience",
-                 "checkpoint_every_steps",
+                 "checkpoint_every_steps", "steps_per_execution",
                  "max_train_examples", "max_eval_examples", "num_gpus", "verbosity"):
         _non_negative(name, config.flat()[name])
     if h.head_learning_rate != AUTO_LR:

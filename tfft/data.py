@@ -145,7 +145,8 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     validation = _cap(validation, cfg.max_eval_examples)
     test = _cap(test, cfg.max_eval_examples)
     sizes = {"train": _size(train), "validation": _size(validation), "test": _size(test)}
-    return Splits(train, validation, test, names, sizes)
+    return Splits(_known_size(train, sizes["train"]), _known_size(validation, sizes["validation"]),
+                  _known_size(test, sizes["test"]), names, sizes)
 
 
 def _load_source(
@@ -341,6 +342,14 @@ def _size(ds: tf.data.Dataset) -> int:
     if n >= 0:
         return n
     return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def _known_size(ds: tf.data.Dataset, size: int) -> tf.data.Dataset:
+    """``ds`` with its counted size as cardinality, so every epoch's step count is known up
+    front (training runs several steps per call, and the progress bars show an ETA)."""
+    if int(ds.cardinality()) >= 0:
+        return ds
+    return ds.apply(tf.data.experimental.assert_cardinality(size))
 
 
 def _first_line(err: BaseException) -> str:

@@ -77,14 +77,16 @@ class CachedSplit:
             rows = tf.data.Dataset.from_tensor_slices(self.features)
         else:
             record = self.dim * np.dtype(self.dtype).itemsize
-            rows = tf.data.FixedLengthRecordDataset(os.path.join(self.path, FEATURES_FILE),
-                                                    record, buffer_size=1 << 20)
+            rows = tf.data.FixedLengthRecordDataset(
+                os.path.join(self.path, FEATURES_FILE), record, buffer_size=1 << 20,
+            ).apply(tf.data.experimental.assert_cardinality(self.count))
         ds = tf.data.Dataset.zip((rows, tf.data.Dataset.from_tensor_slices(self.labels)))
         if shuffle_buffer:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        return ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-            tf.data.AUTOTUNE)
+        if self.features is None or self.features.dtype != tf.float32:
+            ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     def _decode(self, rows: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if self.features is None:

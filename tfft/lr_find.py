@@ -82,14 +82,16 @@ def range_test(trainer: Trainer, phase: str, model, train, groups=None,
         for optimizer, group in zip(optimizers, groups, strict=True):
             optimizer.build(group.variables)
     step = trainer._train_step(model, groups, optimizers)
-    def batches():  # epoch after epoch, shuffled as the phase's epochs are
+    def iterators():  # one per step, epoch after epoch, shuffled as the phase's epochs are
         for epoch in itertools.count():
-            yield from distribute.distribute(
-                trainer.strategy, train(epoch_seed(trainer.seed, phase, epoch)))
+            ds = train(epoch_seed(trainer.seed, phase, epoch))
+            iterator = iter(distribute.distribute(trainer.strategy, ds))
+            yield from itertools.repeat(iterator, trainer.steps(ds))
 
+    one = tf.constant(1)
     rates, losses, smoothed, average = [], [], [], 0.0
-    for batch in itertools.islice(batches(), steps):
-        sums = step(batch)
+    for iterator in itertools.islice(iterators(), steps):
+        sums = step(iterator, one)
         loss = float(sums[0]) / max(float(sums[2]), 1.0)
         rates.append(START_LR * growth ** len(rates))
         losses.append(loss)
