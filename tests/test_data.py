@@ -69,10 +69,39 @@ def test_folder_source_reads_classes_and_splits(tmp_path):
     splits = data_lib.load_splits(cfg, seed=3)
     assert splits.class_names == ("a_cat", "b_dog")
     assert splits.sizes == {"train": 12, "validation": 4, "test": 4}
-    image, label = next(iter(splits.train))
+    path, _ = next(iter(splits.train))
+    assert path.numpy().decode().startswith(root), "records are paths until load_images"
+    image, label = next(iter(data_lib.load_images(splits.train)))
     assert image.shape == (40, 40, 3) and image.dtype == tf.uint8
     again = data_lib.load_splits(cfg, seed=3)
     assert [int(y) for _, y in splits.test] == [int(y) for _, y in again.test]
+
+
+def dataset_ops_upstream_of(ds: tf.data.Dataset, op_prefix: str) -> set[str]:
+    """The ops of the dataset nodes that feed the first ``op_prefix`` node of ``ds``'s graph."""
+    graph = tf.compat.v1.GraphDef.FromString(
+        tf.raw_ops.DatasetToGraphV2(input_dataset=ds._variant_tensor).numpy())
+    nodes = {n.name: n for n in graph.node}
+    todo = [next(n for n in graph.node if n.op.startswith(op_prefix)).input[0]]
+    seen: set[str] = set()
+    while todo:
+        node = nodes[todo.pop().split(":")[0].lstrip("^")]
+        if node.op.endswith("Dataset") or "Dataset" in node.op:
+            seen.add(node.op)
+            todo.extend(node.input)
+    return seen
+
+
+def test_training_shuffle_buffers_paths_and_reads_files_after_it(tmp_path):
+    """Decoded folder images in a 10,000-example shuffle buffer would take gigabytes."""
+    root = write_image_folder(str(tmp_path / "f"), {"a": 6, "b": 6})
+    cfg = DataConfig(dataset=f"folder:{root}", image_size=32, batch_size=4)
+    splits = data_lib.load_splits(cfg, seed=0)
+    ds = data_lib.make_batches(splits.train, cfg, unit_normalize, training=True, seed=0)
+    upstream = dataset_ops_upstream_of(ds, "ShuffleDataset")
+    assert upstream and not any("Map" in op for op in upstream), upstream
+    images, _ = next(iter(ds))
+    assert images.shape == (4, 32, 32, 3)
 
 
 def test_folder_errors(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -113,6 +114,15 @@ def test_evaluate_run_matches_training_test_accuracy_and_writes_files(trained_ru
     with Image.open(os.path.join(out, evaluate.CONFUSION_FILE)) as png:
         assert png.format == "PNG" and min(png.size) > 200
     assert "Test accuracy" in evaluate.format_report(result)
+
+
+def test_evaluate_in_the_run_directory_keeps_the_reports_confusion_matrix(trained_run,
+                                                                         tmp_path):
+    run = shutil.copytree(trained_run.workdir, tmp_path / "run")
+    before = (run / "confusion_matrix.png").read_bytes()
+    evaluate.evaluate(workdir=str(run))
+    assert (run / "confusion_matrix.png").read_bytes() == before
+    assert (run / evaluate.CONFUSION_FILE).stat().st_size > 0
 
 
 def test_evaluate_cli_on_the_export_agrees_with_the_run(trained_run, tmp_path):

@@ -181,9 +181,11 @@ def test_auto_head_rate_is_the_range_tests_and_kept_for_resume(tmp_path):
     config = tiny_config(head_epochs=1, finetune_epochs=0, head_learning_rate="auto",
                          max_eval_examples=16, tensorboard=False)
     result = train_lib.train_and_evaluate(config, str(tmp_path))
-    saved = rundir.read_json(str(tmp_path / lr_find.SAVED))
+    saved = rundir.read_json(str(tmp_path / rundir.LR_FIND))
     assert result.metrics["phases"]["head"][0]["learning_rate"] == pytest.approx(saved["head"])
     assert os.path.exists(tmp_path / "lr_find_head.png")
+    report = (tmp_path / "report.md").read_text()
+    assert f"| head | 1 | auto → {saved['head']:.3g} |" in report
 
 
 def test_cli_accuracy_gate_exits_4_without_export(tmp_path):

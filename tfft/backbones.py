@@ -84,6 +84,14 @@ _APPS = {
 }
 
 
+def normalizer(cfg: ModelConfig) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The configured backbone's input normalisation, without building the backbone (export
+    needs it for a saved model; it is the function a built ``Backbone.normalize`` holds)."""
+    if cfg.backbone == "hub":
+        return _hub_normalize
+    return _APPS[cfg.backbone].normalize
+
+
 def build_backbone(cfg: ModelConfig, image_size: int) -> Backbone:
     """Builds the configured backbone; raises UserError for anything the user can fix."""
     if image_size < MIN_IMAGE_SIZE:

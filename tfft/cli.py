@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -101,21 +102,23 @@ def quiet_library_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run(main: Callable[[], None], parser: Callable[[list[str]], list[str]] = parse_flags,
-        check: Callable[[], None] | None = None) -> None:
+def run(main: Callable[..., None], parser: Callable[[list[str]], list[str]] = parse_flags,
+        check: Callable[[], Any] | None = None) -> None:
     """Runs ``main`` under absl with tfft's error handling.
 
     ``check`` (pure Python, no TensorFlow) runs first, so bad input is reported in about a second
-    instead of after TensorFlow's multi-second import.
+    instead of after TensorFlow's multi-second import; ``main`` then gets what it returned.
     """
 
     def wrapped(_argv: list[str]) -> None:
         try:
-            if check is not None:
-                check()
+            checked = check() if check is not None else None
             import_tensorflow_quietly()
             quiet_library_logs()
-            main()
+            if check is None:
+                main()
+            else:
+                main(checked)
         except UserError as err:
             fail(str(err))
         except TrainingDiverged as err:

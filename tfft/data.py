@@ -31,7 +31,11 @@ log = logging.getLogger("tfft")
 
 @dataclass(frozen=True)
 class Splits:
-    """Raw, unbatched splits of one dataset plus the class names they share."""
+    """Raw, unbatched splits of one dataset plus the class names they share.
+
+    Examples are (record, int32 label); a record is a uint8 image, or for image folders the
+    file's path (``load_images`` reads it), so shuffling never buffers decoded images.
+    """
 
     train: tf.data.Dataset
     validation: tf.data.Dataset
@@ -90,11 +94,14 @@ def make_batches(
 ) -> tf.data.Dataset:
     """Shuffles (training only), batches and preprocesses raw examples, lazily.
 
+    Image files are read after the shuffle, so its buffer holds paths, not decoded images.
+
     Same-size images are batched first and resized per batch (vectorised); mixed sizes (image
     folders) are resized per example before batching.
     """
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = load_images(ds)
 
     def prep(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return preprocess_images(images, cfg.image_size, normalize), labels
@@ -109,6 +116,18 @@ def make_batches(
     if training and augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=autotune)
     return ds.prefetch(autotune)
+
+
+def load_images(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """(uint8 image, label) examples of a raw split, whose records may be image file paths
+    (image folders): those files are read and decoded here, lazily."""
+    if ds.element_spec[0].dtype != tf.string:
+        return ds
+
+    def read(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return decode_image(tf.io.read_file(path)), label
+
+    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_augmenter(names: tuple[str, ...], seed: int) -> Callable[[tf.Tensor], tf.Tensor] | None:
@@ -266,12 +285,8 @@ def _from_folder(root: str, fractions: tuple[float, float], seed: int):
         log.warning("Skipped %d non-image file(s) in %s.", skipped, root)
     path_array = np.asarray(paths)
 
-    def read(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return decode_image(tf.io.read_file(path)), label
-
     def subset(idx: np.ndarray) -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices((path_array[idx], labels[idx]))
-        return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+        return tf.data.Dataset.from_tensor_slices((path_array[idx], labels[idx]))
 
     train, val, test = (subset(i) for i in carve(len(paths), fractions, seed))
     return train, val, test, classes

@@ -1,7 +1,8 @@
 """``python -m tfft.evaluate --workdir=RUN`` (or ``--model=EXPORT_DIR[/<version>]``).
 
 Evaluates a trained classifier on a test split and reports accuracy, per-class precision /
-recall / F1 and the confusion matrix; writes ``evaluation.json`` and ``confusion_matrix.png``.
+recall / F1 and the confusion matrix; writes ``evaluation.json`` and
+``evaluation_confusion_matrix.png`` (not the run report's ``confusion_matrix.png``).
 
 Both kinds of model are evaluated through the same serving computation (``serve_pixels``) on
 raw uint8 images: a run's ``model.keras`` through ``tfft.export.ServingFunctions`` in memory, an
@@ -26,7 +27,7 @@ from tfft.config import Config
 from tfft.errors import UserError
 
 EVALUATION_FILE = "evaluation.json"
-CONFUSION_FILE = "confusion_matrix.png"
+CONFUSION_FILE = "evaluation_confusion_matrix.png"  # the run report keeps its own
 PixelsFn = Callable[[tf.Tensor], dict[str, tf.Tensor]]
 
 
@@ -81,7 +82,7 @@ def load_test_split(config: Config, test_dataset: str = "") -> tf.data.Dataset:
     """The run's raw test split, or all of ``test_dataset`` (capped like the run's)."""
     if test_dataset:
         config = config.replace(test_dataset=test_dataset)
-    return data_lib.load_splits(config.data, config.train.seed).test
+    return data_lib.load_images(data_lib.load_splits(config.data, config.train.seed).test)
 
 
 def predict_split(pixels: PixelsFn, ds: tf.data.Dataset,
@@ -134,7 +135,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 def evaluate(workdir: str = "", model: str = "", test_dataset: str = "",
              output_dir: str = "") -> dict[str, Any]:
-    """Evaluates and writes ``evaluation.json`` + ``confusion_matrix.png`` to ``output_dir``.
+    """Evaluates; writes ``evaluation.json`` and its confusion-matrix image to ``output_dir``.
 
     ``output_dir`` defaults to ``workdir``, or the current directory for ``model`` alone.
     """
@@ -190,8 +191,9 @@ def define_flags() -> None:
                         "for its newest version) to evaluate instead of the run's model.keras.")
     flags.DEFINE_string("test_dataset", "", "Evaluate on all of this source (tfds:, folder:, "
                         "npz:, sample:) instead of the run's test split.")
-    flags.DEFINE_string("output_dir", "", "Where evaluation.json and confusion_matrix.png go "
-                        "(default: --workdir, or the current directory).")
+    flags.DEFINE_string("output_dir", "", "Where evaluation.json and "
+                        "evaluation_confusion_matrix.png go (default: --workdir, or the current "
+                        "directory).")
 
 
 if __name__ == "__main__":

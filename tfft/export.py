@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from tfft import backbones, rundir
 from tfft import data as data_lib
-from tfft.config import Config, ModelConfig
+from tfft.config import Config
 from tfft.errors import UserError
 
 DEFAULT_SUBDIR = "export"
@@ -49,16 +49,6 @@ _TMP_PREFIX = ".tmp-export-"
 # ---------------------------------------------------------------- serving functions
 
 
-def normalizer(cfg: ModelConfig) -> data_lib.Normalizer:
-    """The input normalisation of the configured backbone, without building the backbone.
-
-    The same functions ``tfft.backbones`` attaches to a built backbone (and training uses).
-    """
-    if cfg.backbone == "hub":
-        return backbones._hub_normalize  # noqa: SLF001 - one definition shared with training
-    return backbones._APPS[cfg.backbone].normalize  # noqa: SLF001
-
-
 class ServingFunctions:
     """The two serving computations over a Keras classifier, as graph-only ``tf.function``s.
 
@@ -72,7 +62,7 @@ class ServingFunctions:
             raise UserError(f"--top_k: expected a positive number; received {top_k}.")
         self.model = model
         self.image_size = config.data.image_size
-        self.normalize = normalizer(config.model)
+        self.normalize = backbones.normalizer(config.model)
         self.top_k = min(top_k, len(names))
         self.class_names = names
         self.names = tf.constant(list(names))

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 START_LR, END_LR = 1e-7, 1.0
 SMOOTHING = 0.9  # exponential moving average of the loss
 EXPLODED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
-SAVED = "lr_find.json"
 DEFAULT_STEPS = 100
 
 FLAGS = flags.FLAGS
@@ -132,7 +131,7 @@ def auto_learning_rate(trainer: Trainer, phase: str, model, train, groups=None) 
     goes to ``lr_find_<phase>.png`` in the run directory)."""
     from tfft import rundir
 
-    path = os.path.join(trainer.workdir, SAVED)
+    path = os.path.join(trainer.workdir, rundir.LR_FIND)
     found = rundir.read_json(path) if os.path.exists(path) else {}
     if phase not in found:
         result = range_test(trainer, phase, model, train, groups)

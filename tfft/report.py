@@ -31,7 +31,7 @@ import tensorflow as tf
 from tfft import data as data_lib
 from tfft import rundir
 from tfft.checkpoints import PHASES
-from tfft.config import Config
+from tfft.config import AUTO_LR, Config
 from tfft.train_lib import RunCallback, RunResult
 
 METRICS_CSV = "metrics.csv"
@@ -161,7 +161,7 @@ def predict_split(predict: Predict, ds: tf.data.Dataset, config: Config,
 
 def first_images(ds: tf.data.Dataset, count: int = SAMPLE_COUNT) -> list[np.ndarray]:
     """The first ``count`` raw images of a split (the ones the predictions grid shows)."""
-    return [image.numpy() for image, _ in ds.take(count)]
+    return [image.numpy() for image, _ in data_lib.load_images(ds.take(count))]
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -341,7 +341,7 @@ def report_markdown(workdir: str, config: Config, class_names: Sequence[str],
         "| phase | epochs run | learning rate | trainable parameters | epoch time (s) | loss | "
         "accuracy | val_loss | val_accuracy |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *_phase_lines(config, rows, parameters), "",
+        *_phase_lines(_phase_rates(workdir, config), rows, parameters), "",
         f"Parameters in the model: {parameters.get('total', 0):,}. Loss and accuracy are the "
         "phase's last epoch; epoch time excludes the one-off feature extraction.", "",
         "## Test", "",
@@ -371,10 +371,19 @@ def _flag_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _phase_lines(config: Config, rows: list[dict[str, Any]],
-                 parameters: dict[str, int]) -> list[str]:
+def _phase_rates(workdir: str, config: Config) -> dict[str, str]:
+    """Each phase's learning rate as set, or for ``auto`` the rate the range test found."""
+    path = os.path.join(workdir, rundir.LR_FIND)
+    found = rundir.read_json(path) if os.path.exists(path) else {}
     rates = {"head": config.head.head_learning_rate,
              "finetune": config.finetune.finetune_learning_rate}
+    return {phase: f"{rate:g}" if rate != AUTO_LR
+            else f"auto → {found[phase]:.3g}" if phase in found else "auto"
+            for phase, rate in rates.items()}
+
+
+def _phase_lines(rates: dict[str, str], rows: list[dict[str, Any]],
+                 parameters: dict[str, int]) -> list[str]:
     lines = []
     for phase in PHASES:
         phase_rows = [row for row in rows if row["phase"] == phase]
@@ -383,7 +392,7 @@ def _phase_lines(config: Config, rows: list[dict[str, Any]],
         last = phase_rows[-1] if phase_rows else {}
         values = [f"{last[k]:.4f}" if k in last else "–"
                   for k in ("loss", "accuracy", "val_loss", "val_accuracy")]
-        lines.append(f"| {phase} | {len(phase_rows)} | {rates[phase]:g} | "
+        lines.append(f"| {phase} | {len(phase_rows)} | {rates[phase]} | "
                      f"{parameters.get(f'{phase}_trainable', 0):,} | {time} | "
                      + " | ".join(values) + " |")
     return lines

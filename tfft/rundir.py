@@ -10,6 +10,7 @@ from typing import Any
 CONFIG = "config.json"
 METRICS = "metrics.json"
 MODEL = "model.keras"
+LR_FIND = "lr_find.json"  # rates --*_learning_rate=auto found, by phase (tfft.lr_find)
 
 
 def check_writable(path: str, flag: str) -> None:

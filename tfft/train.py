@@ -33,8 +33,8 @@ def check_flags() -> Config:
     return config
 
 
-def main() -> None:
-    config = check_flags()
+def main(config: Config) -> None:
+    """Trains ``config`` (checked by ``check_flags`` before TensorFlow was imported)."""
     from tfft import distribute, train_lib
 
     distribute.configure_cpu_devices(config.train.cpu_devices)
