@@ -8,7 +8,7 @@ a head epoch costs about 4% of a backbone epoch, which caps 10 epochs near 7x. P
 subprocess per setting (``bench.rss``) so that peak RSS values never mix. Defaults are small
 enough for about ten minutes on 2 CPU cores; the flags give the full sizes, e.g.
 ``--p4_backbone=vgg16 --p4_weights=none --p4_image_size=224 --p4_steps=0`` for a full VGG16
-feature pass over 60,000 examples (about 2.3 h on 2 cores).
+feature pass over 60,000 examples (2.3-3.2 h on 2 cores: 5-7 images/s).
 
 Every row starts with its label and gives its ratio as a number followed by ``x``.
 """

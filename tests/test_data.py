@@ -37,6 +37,22 @@ def test_grayscale_to_rgb_and_resize_shapes(shape):
     assert out.shape[:-3] == shape[:-3]
 
 
+@pytest.mark.parametrize("backbone", ["vgg16", "resnet50", "mobilenet_v2", "mobilenet", "hub"])
+@pytest.mark.parametrize("shape", [(3, 28, 28, 1), (3, 300, 200, 3)])
+def test_normalising_before_resizing_equals_resizing_first(backbone, shape):
+    """Every backbone's normalisation is per-channel affine, so it commutes with resizing."""
+    from tfft.backbones import normalizer
+    from tfft.config import ModelConfig
+
+    normalize = normalizer(ModelConfig(backbone=backbone))
+    images = tf.constant(np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8))
+    resized_first = normalize(tf.image.resize(tf.cast(data_lib.to_rgb(images), tf.float32),
+                                              (96, 96))).numpy()
+    ours = data_lib.preprocess_images(images, 96, normalize).numpy()
+    scale = float(np.abs(resized_first).max())
+    np.testing.assert_allclose(ours, resized_first, rtol=0, atol=1e-6 * scale)
+
+
 def test_grayscale_to_rgb_copies_the_channel_and_dynamic_channels_work():
     gray = tf.constant(np.arange(16, dtype=np.uint8).reshape(4, 4, 1))
     rgb = data_lib.to_rgb(gray).numpy()
