@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,11 +364,10 @@ class Trainer:
             if cached is not None:
                 self.say(f"Features ({name}): {cached.count:,} read from {entry}")
                 return cached
-        forward = feature_cache.inference_fn(model)
-        bar = self._progbar(-(-size // cfg.data.batch_size) if size else None,
-                            f"Features ({name})")
+        forward, batches = feature_cache.inference_fn(model), self.batches(ds)
+        bar = self._progbar(self.steps(batches), f"Features ({name})")
         return feature_cache.extract(
-            forward, self.batches(ds), count=size, dim=dim,
+            forward, batches, count=size, dim=dim,
             dtype=cfg.train.cache_dtype, entry=entry, key_fields=fields,
             on_batch=bar.update if bar else None)
 
@@ -427,8 +426,7 @@ class Trainer:
             bar = self._progbar(steps, f"{phase} {epoch + 1}/{epochs}")
             iterator = iter(distribute.distribute(self.strategy, batches.skip(done_steps)))
             i = done_steps
-            while i < steps:
-                n = min(per_call, steps - i, every - i % every if every else steps)
+            for n in call_sizes(done_steps, steps, per_call, every):
                 stats.add(step(iterator, tf.constant(n)))
                 i += n
                 self.global_step += n
@@ -497,8 +495,7 @@ class Trainer:
         stats, steps, per_call = EpochStats(), self.steps(ds), self.steps_per_execution(model)
         bar = self._progbar(steps, title) if title else None
         iterator, i = iter(distribute.distribute(self.strategy, ds)), 0
-        while i < steps:
-            n = min(per_call, steps - i)
+        for n in call_sizes(0, steps, per_call):
             stats.add(step(iterator, tf.constant(n)))
             i += n
             if bar:
@@ -605,6 +602,16 @@ class Trainer:
             return None
         self.say(title)
         return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
+
+
+def call_sizes(start: int, steps: int, per_call: int, every: int = 0) -> Iterator[int]:
+    """Steps in each compiled call from step ``start`` to ``steps``: at most ``per_call``, and
+    cut at every multiple of ``every`` (when set), so step checkpoints land where asked."""
+    i = start
+    while i < steps:
+        n = min(per_call, steps - i, every - i % every if every else steps)
+        yield n
+        i += n
 
 
 def epoch_seed(seed: int, phase: str, epoch: int) -> int:
