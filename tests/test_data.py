@@ -174,6 +174,21 @@ def test_tfds_source_under_mock_data(name, shape):
         assert tuple(image.shape) == shape and label.dtype == tf.int32
 
 
+def test_tfds_photos_stay_encoded_until_after_the_shuffle():
+    """Decoded photos in a 10,000-example shuffle buffer would take gigabytes."""
+    with tfds.testing.mock_data(num_examples=12):
+        cfg = DataConfig(dataset="tfds:tf_flowers", image_size=32, batch_size=4,
+                         validation_fraction=0.25, test_fraction=0.25)
+        splits = data_lib.load_splits(cfg, seed=0)
+        assert splits.num_classes == 5
+        assert splits.train.element_spec[0] == {data_lib.ENCODED: tf.TensorSpec([], tf.string)}
+        ds = data_lib.make_batches(splits.train, cfg, unit_normalize, training=True, seed=0)
+        images, labels = next(iter(ds))
+        assert images.shape == (4, 32, 32, 3) and labels.dtype == tf.int32
+        image, _ = next(iter(data_lib.load_images(splits.test)))
+        assert image.dtype == tf.uint8 and image.shape[-1] == 3 and image.shape[0] > 0
+
+
 def test_tfds_split_carving_when_dataset_lacks_splits():
     assert data_lib._tfds_split_names({"train", "test"}, (0.1, 0.2)) == (
         "train[:90%]", "train[90%:100%]", "test")

@@ -24,6 +24,7 @@ from tfft.errors import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 SAMPLES = {"mnist": "mnist_sample.npz"}
+ENCODED = "encoded"  # the key of an encoded image record (see Splits)
 Normalizer = Callable[[tf.Tensor], tf.Tensor]
 
 log = logging.getLogger("tfft")
@@ -33,8 +34,10 @@ log = logging.getLogger("tfft")
 class Splits:
     """Raw, unbatched splits of one dataset plus the class names they share.
 
-    Examples are (record, int32 label); a record is a uint8 image, or for image folders the
-    file's path (``load_images`` reads it), so shuffling never buffers decoded images.
+    Examples are (record, int32 label); a record is a uint8 image, for image folders the
+    file's path, or for TFDS datasets of varying image sizes ``{ENCODED: the image's bytes}``.
+    ``load_images`` reads and decodes the last two after the training shuffle, so its buffer
+    never holds decoded photos.
     """
 
     train: tf.data.Dataset
@@ -125,13 +128,17 @@ def make_batches(
 
 def load_images(ds: tf.data.Dataset) -> tf.data.Dataset:
     """(uint8 image, label) examples of a raw split, whose records may be image file paths
-    (image folders): those files are read and decoded here, lazily."""
-    if ds.element_spec[0].dtype != tf.string:
+    (image folders) or ``{ENCODED: bytes}`` (TFDS photos): those are read and decoded here,
+    lazily."""
+    spec = ds.element_spec[0]
+    if isinstance(spec, dict):
+        def read(record: dict, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return decode_image(record[ENCODED]), label
+    elif spec.dtype == tf.string:
+        def read(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return decode_image(tf.io.read_file(path)), label
+    else:
         return ds
-
-    def read(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return decode_image(tf.io.read_file(path)), label
-
     return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -313,7 +320,11 @@ def _from_tfds(name: str, cfg: DataConfig, seed: int, fractions: tuple[float, fl
                         f"feature; {name!r} has {sorted(info.features)}.")
     available = set(info.splits.keys()) or {"train", "test"}
     split_names = _tfds_split_names(available, fractions)
-    load = dict(name=name, data_dir=data_dir, as_supervised=True, shuffle_files=False)
+    image_key = (info.supervised_keys or ("image",))[0]
+    encoded = _variable_size(features[image_key] if image_key in features else None)  # noqa: SIM401
+    decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
+    load = dict(name=name, data_dir=data_dir, as_supervised=True, shuffle_files=False,
+                decoders=decoders)
     try:
         datasets = tfds.load(split=list(split_names), download=False, **load)
     except Exception as err:  # noqa: BLE001 - not prepared: download if we can, else say how
@@ -325,8 +336,22 @@ def _from_tfds(name: str, cfg: DataConfig, seed: int, fractions: tuple[float, fl
                 f"(tfds build {name}) and pass --tfds_data_dir=DIR."
             ) from err
         datasets = tfds.load(split=list(split_names), download=True, **load)
-    train, val, test = (ds.map(_cast_label) for ds in datasets)
+    cast = _encoded_record if encoded else _cast_label
+    train, val, test = (ds.map(cast) for ds in datasets)
     return train, val, test, tuple(label.names)
+
+
+def _variable_size(image_feature: object) -> bool:
+    """True for a TFDS image feature of varying height or width (photos, usually large): such
+    images stay encoded until after the training shuffle, so its buffer holds bytes (a 10,000-
+    example buffer of decoded 500 x 375 photos would take 5.6 GB). Fixed-size images (MNIST,
+    CIFAR) are small, and arrive decoded so that they can be resized a batch at a time."""
+    shape = getattr(image_feature, "shape", None)
+    return shape is not None and len(shape) == 3 and None in shape[:2]
+
+
+def _encoded_record(encoded: tf.Tensor, label: tf.Tensor) -> tuple[dict, tf.Tensor]:
+    return {ENCODED: encoded}, tf.cast(label, tf.int32)
 
 
 def _tfds_split_names(available: set[str], fractions: tuple[float, float]) -> tuple[str, str, str]:
