@@ -129,8 +129,8 @@ def _batch_preprocessor(image_size: int, normalize: Normalizer):
     """``(images, labels) -> (backbone inputs, labels)``, traced once per size and normaliser.
 
     ``make_batches`` runs once per epoch (each epoch's shuffle has its own seed, so a resumed
-    run sees the same order); tracing a fresh Python function into every epoch's pipeline cost
-    about 50 ms an epoch, against 17 ms for calling this already traced one.
+    run sees the same order); tracing a fresh Python function into every epoch's pipeline made
+    building one take 55 ms, against 14 ms with this already traced one.
     """
 
     @tf.function
@@ -365,7 +365,8 @@ def _variable_size(image_feature: object) -> bool:
 
 
 def _encoded_record(encoded: tf.Tensor, label: tf.Tensor) -> tuple[dict, tf.Tensor]:
-    return {ENCODED: encoded}, tf.cast(label, tf.int32)
+    encoded, label = _cast_label(encoded, label)
+    return {ENCODED: encoded}, label
 
 
 def _tfds_split_names(available: set[str], fractions: tuple[float, float]) -> tuple[str, str, str]:

@@ -425,10 +425,8 @@ class Trainer:
             steps, done_steps = self.steps(batches), progress.step
             bar = self._progbar(steps, f"{phase} {epoch + 1}/{epochs}")
             iterator = iter(distribute.distribute(self.strategy, batches.skip(done_steps)))
-            i = done_steps
-            for n in call_sizes(done_steps, steps, per_call, every):
+            for n, i in call_sizes(done_steps, steps, per_call, every):
                 stats.add(step(iterator, tf.constant(n)))
-                i += n
                 self.global_step += n
                 if not np.isfinite(stats.loss):
                     raise TrainingDiverged(
@@ -494,10 +492,9 @@ class Trainer:
         step = self._eval_steps.setdefault(id(model), self._eval_step(model))
         stats, steps, per_call = EpochStats(), self.steps(ds), self.steps_per_execution(model)
         bar = self._progbar(steps, title) if title else None
-        iterator, i = iter(distribute.distribute(self.strategy, ds)), 0
-        for n in call_sizes(0, steps, per_call):
+        iterator = iter(distribute.distribute(self.strategy, ds))
+        for n, i in call_sizes(0, steps, per_call):
             stats.add(step(iterator, tf.constant(n)))
-            i += n
             if bar:
                 bar.update(i, [("loss", stats.mean_loss), ("accuracy", stats.accuracy)])
         return stats
@@ -604,14 +601,16 @@ class Trainer:
         return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
 
 
-def call_sizes(start: int, steps: int, per_call: int, every: int = 0) -> Iterator[int]:
-    """Steps in each compiled call from step ``start`` to ``steps``: at most ``per_call``, and
-    cut at every multiple of ``every`` (when set), so step checkpoints land where asked."""
+def call_sizes(start: int, steps: int, per_call: int,
+               every: int = 0) -> Iterator[tuple[int, int]]:
+    """(steps in the call, steps done after it) for each compiled call from step ``start`` to
+    ``steps``: at most ``per_call`` a call, cut at every multiple of ``every`` (when set), so
+    step checkpoints land where asked."""
     i = start
     while i < steps:
         n = min(per_call, steps - i, every - i % every if every else steps)
-        yield n
         i += n
+        yield n, i
 
 
 def epoch_seed(seed: int, phase: str, epoch: int) -> int:
