@@ -79,14 +79,8 @@ def main() -> None:
     import tensorflow as tf
 
     from tfft import data as data_lib
-    from tfft.config import Config, validate
 
-    config = validate(Config().replace(
-        dataset=FLAGS.dataset, backbone=FLAGS.backbone, alpha=FLAGS.alpha, weights=FLAGS.weights,
-        image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
-        max_train_examples=FLAGS.train_examples, max_eval_examples=FLAGS.eval_examples,
-        head_epochs=FLAGS.head_epochs, finetune_epochs=0, unfreeze_blocks=FLAGS.unfreeze_blocks,
-        verbosity=0))
+    config = bench_config()
     splits = data_lib.load_splits(config.data, config.train.seed)
     started = time.perf_counter()
     rows = [p1_head_phase(config)]
@@ -105,6 +99,18 @@ def main() -> None:
     print_table(rows)
     if FLAGS.markdown:
         print_markdown(rows)
+
+
+def bench_config():
+    """The tfft config these flags describe (P1 and P5 replace a few fields)."""
+    from tfft.config import Config, validate
+
+    return validate(Config().replace(
+        dataset=FLAGS.dataset, backbone=FLAGS.backbone, alpha=FLAGS.alpha, weights=FLAGS.weights,
+        image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+        max_train_examples=FLAGS.train_examples, max_eval_examples=FLAGS.eval_examples,
+        head_epochs=FLAGS.head_epochs, finetune_epochs=0, unfreeze_blocks=FLAGS.unfreeze_blocks,
+        verbosity=0))
 
 
 # ---------------------------------------------------------------- P1
@@ -203,9 +209,8 @@ def p2_p3_throughput(config, splits) -> list[Row]:
             x.numpy()
 
     fed, made = best_of(FLAGS.repeats, from_pipeline, from_premade)
-    batches = len(premade)
-    cpu_pipeline, cpu_backbone = (1e3 * cpu_seconds(run) / batches
-                                  for run in (pipeline_alone, from_premade))
+    cpu_pipeline, cpu_backbone = (1e3 * seconds / len(premade) for seconds in best_of(
+        FLAGS.repeats, pipeline_alone, from_premade, clock=time.process_time))
     flops = backbone_flops(backbone.layer)
     matmul = matmul_gflops(FLAGS.matmul_size, FLAGS.repeats)
     model_gflops = flops * count / made / 1e9
@@ -220,24 +225,16 @@ def p2_p3_throughput(config, splits) -> list[Row]:
     return [p2, p3]
 
 
-def cpu_seconds(run: Callable[[], None]) -> float:
-    """Process CPU time (all threads) of ``run``: the least over ``--repeats`` runs."""
-    best = float("inf")
-    for _ in range(FLAGS.repeats):
-        start = time.process_time()
-        run()
-        best = min(best, time.process_time() - start)
-    return best
-
-
-def best_of(repeats: int, *runs: Callable[[], None]) -> list[float]:
-    """Fastest wall time of each run over alternating repetitions (the CPU is shared)."""
+def best_of(repeats: int, *runs: Callable[[], None],
+            clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Least time of each run over alternating repetitions (the CPU is shared): wall time, or
+    with ``clock=time.process_time`` the process's CPU time (all threads)."""
     best = [float("inf")] * len(runs)
     for _ in range(repeats):
         for i, run in enumerate(runs):
-            start = time.perf_counter()
+            start = clock()
             run()
-            best[i] = min(best[i], time.perf_counter() - start)
+            best[i] = min(best[i], clock() - start)
     return best
 
 

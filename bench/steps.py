@@ -1,10 +1,11 @@
 """``python -m bench.steps``: the profile behind P5, a finetune training step alone.
 
 P5 times whole epochs, input pipeline and validation included. This script takes both out: the
-same pre-made batches (MobileNet v1 alpha 0.25 at 224 px, top ``--unfreeze_blocks`` unfrozen)
-go through tfft's compiled step (one step per call, with and without reading the loss after
-each), tfft's step running a whole epoch in one call, Keras's compiled ``train_function`` and
-``model.fit``. The variants alternate epoch by epoch; each keeps its fastest epoch.
+same pre-made batches (``bench.run``'s data and model flags: by default MobileNet v1 alpha 0.25
+at 224 px, top ``--unfreeze_blocks`` unfrozen) go through tfft's compiled step (one step per
+call, with and without reading the loss after each), tfft's step running a whole epoch in one
+call, Keras's compiled ``train_function`` and ``model.fit``. The variants alternate epoch by
+epoch; each keeps its fastest epoch.
 """
 
 from __future__ import annotations
@@ -14,43 +15,30 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from absl import flags
-
+from bench import run as bench_run
 from tfft import cli
 
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("train_examples", 512, "Examples per epoch (batches of 32).")
-flags.DEFINE_integer("unfreeze_blocks", 2, "Top backbone blocks unfrozen.")
-flags.DEFINE_integer("repeats", 8, "Epochs of each variant (alternating).")
+FLAGS = bench_run.FLAGS  # bench.run's flags: --train_examples, --unfreeze_blocks, --repeats, ...
 
 
 def main() -> None:
-    import keras
     import tensorflow as tf
 
     from tfft import data as data_lib
     from tfft import distribute, train_lib
     from tfft.backbones import build_backbone
-    from tfft.classifier import build_classifier, unfreeze_top_blocks
-    from tfft.config import Config, validate
+    from tfft.classifier import build_classifier
 
-    config = validate(Config().replace(
-        dataset="sample:mnist", backbone="mobilenet", alpha=0.25, weights="imagenet",
-        image_size=224, batch_size=32, max_train_examples=FLAGS.train_examples,
-        max_eval_examples=32, head_epochs=0, finetune_epochs=1,
-        unfreeze_blocks=FLAGS.unfreeze_blocks, verbosity=0))
+    config = bench_run.bench_config().replace(finetune_epochs=1)
     splits = data_lib.load_splits(config.data, config.train.seed)
-
-    def classifier():
-        backbone = build_backbone(config.model, config.data.image_size)
-        return build_classifier(backbone, splits.num_classes, config.model,
-                                config.data.image_size)
-
-    clf = classifier()
+    reference = bench_run.KerasFit(config, splits)
+    clf = build_classifier(build_backbone(config.model, config.data.image_size),
+                           splits.num_classes, config.model, config.data.image_size)
     trainer = train_lib.Trainer(clf, config, splits, distribute.make_strategy(config.train),
                                 lambda _msg: None, (), tempfile.mkdtemp(), None)
     groups = trainer.finetune_groups()
-    optimizers = [train_lib.make_optimizer(config, 1e-4) for _ in groups]
+    rate = config.finetune.finetune_learning_rate
+    optimizers = [train_lib.make_optimizer(config, rate) for _ in groups]
     for optimizer, group in zip(optimizers, groups, strict=True):
         optimizer.build(group.variables)
     step = trainer._train_step(clf.model, groups, optimizers)  # noqa: SLF001 - the unit profiled
@@ -58,13 +46,8 @@ def main() -> None:
     batches = list(trainer.batches(splits.train))
     premade = tf.data.Dataset.from_tensor_slices(
         (tf.stack([x for x, _ in batches]), tf.stack([y for _, y in batches])))
-    count = len(batches)
-
-    reference = classifier()
-    unfreeze_top_blocks(reference, FLAGS.unfreeze_blocks)
-    reference.model.compile(keras.optimizers.Adam(1e-4), keras.losses.CategoricalCrossentropy(),
-                            metrics=["accuracy"])
     one_hot = premade.map(lambda x, y: (x, tf.one_hot(y, splits.num_classes)))
+    count = len(batches)
 
     def tfft_steps(read_loss: bool) -> Callable[[], None]:
         def epoch() -> None:
@@ -80,10 +63,11 @@ def main() -> None:
         float(step(iter(premade), tf.constant(count))[0])
 
     def keras_fit() -> None:
-        reference.model.fit(one_hot, epochs=1, verbose=0)
+        model.fit(one_hot, epochs=1, verbose=0)
 
+    model = reference.model
     keras_fit()  # builds and traces train_function
-    train_function = reference.model.train_function
+    train_function = model.train_function
 
     def keras_train_function() -> None:
         iterator = iter(one_hot)
@@ -106,7 +90,7 @@ def main() -> None:
             start = time.perf_counter()
             run()
             times[name].append(1e3 * (time.perf_counter() - start) / count)
-    print(f"finetune step, ms per step over {count} pre-made batches of 32 "
+    print(f"finetune step, ms per step over {count} pre-made batches of {config.data.batch_size} "
           f"({FLAGS.unfreeze_blocks} blocks unfrozen; fastest and median of {FLAGS.repeats}):")
     for name, ms in times.items():
         print(f"  {name:<45} {min(ms):6.1f}  {statistics.median(ms):6.1f}")
