@@ -34,7 +34,7 @@ def main() -> None:
     reference = bench_run.KerasFit(config, splits)
     clf = build_classifier(build_backbone(config.model, config.data.image_size),
                            splits.num_classes, config.model, config.data.image_size)
-    trainer = train_lib.Trainer(clf, config, splits, distribute.make_strategy(config.train),
+    trainer = train_lib.Trainer(clf, config, splits, distribute.make_strategy(config.run),
                                 lambda _msg: None, (), tempfile.mkdtemp(), None)
     groups = trainer.finetune_groups()
     rate = config.finetune.finetune_learning_rate

@@ -24,7 +24,7 @@ from conftest import ROOT, tiny_config
 from tfft import distribute, launch, train_lib
 from tfft.classifier import unfreeze_top_blocks
 from tfft.errors import UserError
-from tfft.export import DEFAULT_SUBDIR
+from tfft.rundir import EXPORT as DEFAULT_SUBDIR
 
 # SGD (linear in the gradients) so float rounding differences from summing the replicas'
 # gradients in another order stay at float32 rounding level instead of being amplified.
@@ -183,7 +183,7 @@ def test_more_gpus_than_visible_is_a_user_error():
 
     visible = len(tf.config.list_logical_devices("GPU"))
     with pytest.raises(UserError, match=rf"--num_gpus: expected at most the {visible} visible"):
-        distribute.make_strategy(tiny_config(strategy="mirrored", num_gpus=visible + 1).train)
+        distribute.make_strategy(tiny_config(strategy="mirrored", num_gpus=visible + 1).run)
 
 
 def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path):

@@ -255,10 +255,10 @@ def test_publish_takes_the_next_free_version_and_never_replaces_one(tmp_path, mo
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys
-    from tfft import export
+    from tfft import export, rundir
 
     workdir, export_dir = sys.argv[1:3]
-    config, model = export.load_run(workdir)
+    config, model = rundir.load_run(workdir)
     names = export.run_class_names(workdir, config)
     print("ready", flush=True)
     while True:

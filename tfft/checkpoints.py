@@ -20,20 +20,18 @@ from typing import Any
 import tensorflow as tf
 
 from tfft import rundir
-from tfft.config import Config
+from tfft.config import Config, RunConfig
 from tfft.errors import UserError
 
-PROGRESS = "progress.json"
-CHECKPOINTS = "checkpoints"
+PROGRESS = rundir.PROGRESS
+CHECKPOINTS = rundir.CHECKPOINTS
 PHASES = ("head", "finetune")
-# Fields that change how a run executes but not what it computes: a resume may change them.
-RESUMABLE_CHANGES = frozenset(
-    {"verbosity", "strategy", "tpu", "num_gpus", "cpu_devices", "tensorboard",
-     "checkpoint_every_steps", "steps_per_execution", "assert_min_accuracy"})
+# The run section changes how a run executes but not what it computes: a resume may change it.
+RESUMABLE_CHANGES = frozenset(f.name for f in dataclasses.fields(RunConfig))
 RUN_FILES = (rundir.CONFIG, rundir.METRICS, rundir.MODEL, PROGRESS)
 # Directories a new run must not mix with: checkpoints and TensorBoard logs (exports are
 # versioned and kept; report files are rewritten by every run).
-RUN_DIRS = (CHECKPOINTS, "tensorboard")
+RUN_DIRS = (CHECKPOINTS, rundir.TENSORBOARD)
 
 
 @dataclass
@@ -78,8 +76,7 @@ def prepare_workdir(workdir: str, config: Config, overwrite: bool,
     config_path = os.path.join(workdir, rundir.CONFIG)
     if not os.path.exists(config_path):
         return None
-    with open(config_path) as f:
-        saved = Config.from_json(f.read())
+    saved = rundir.read_config(workdir)
     changed = [k for k, v in config.flat().items()
                if saved.flat().get(k) != v and k not in RESUMABLE_CHANGES]
     if changed:

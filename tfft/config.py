@@ -118,7 +118,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and run-wide settings shared by both phases."""
+    """Optimisation settings shared by both phases: what a run computes."""
 
     optimizer: str = _f("adam", f"Optimizer: one of {', '.join(OPTIMIZERS)}.")
     momentum: float = _f(0.9, "Momentum of sgd / rmsprop.")
@@ -129,9 +129,6 @@ class TrainConfig:
     warmup_epochs: float = _f(
         0.0, "Linear warm-up at the start of each phase, in epochs (one_cycle: its rising part; "
         "0 = 30% of the phase).")
-    assert_min_accuracy: float = _f(
-        0.0, "Fail (exit status 4, no export) when the final test accuracy is below this "
-        "(0 = off).")
     early_stopping_patience: int = _f(
         0, "Stop a phase after this many epochs without val_accuracy gain (0 = off)."
     )
@@ -146,17 +143,14 @@ class TrainConfig:
     cache_dtype: str = _f(
         "float32", "Storage dtype of cached features: float32, or float16 (half the memory/disk)."
     )
-    cache_dir: str = _f(
-        "", "Directory of the disk feature cache (empty = ~/.cache/tfft/features, or under "
-        "$XDG_CACHE_HOME when set)."
-    )
-    checkpoint_every_steps: int = _f(
-        0, "Also checkpoint every N steps within an epoch (0 = at epoch ends only).")
-    steps_per_execution: int = _f(
-        0, "Steps run per compiled call, in training and evaluation (0 = auto: 100 on cached "
-        "features, where a step is tiny, else 1); progress, NaN checks and step checkpoints "
-        "happen between calls.")
     seed: int = _f(42, "Random seed for splits, shuffling and initialisation.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a run executes, not what it computes: strategy, devices, progress output, the
+    accuracy gate, checkpoint cadence and paths. A resumed run may change any of these."""
+
     strategy: str = _f("default", f"tf.distribute strategy: one of {', '.join(STRATEGIES)}.")
     tpu: str = _f("", "TPU address or 'local' (with --strategy=tpu).")
     num_gpus: int = _f(0, "GPUs used by --strategy=mirrored (0 = all visible).")
@@ -167,6 +161,19 @@ class TrainConfig:
     tensorboard: bool = _f(
         True, "Write TensorBoard logs (both phases, learning rate, sample predictions) to "
         "WORKDIR/tensorboard.")
+    checkpoint_every_steps: int = _f(
+        0, "Also checkpoint every N steps within an epoch (0 = at epoch ends only).")
+    steps_per_execution: int = _f(
+        0, "Steps run per compiled call, in training and evaluation (0 = auto: 100 on cached "
+        "features, where a step is tiny, else 1); progress, NaN checks and step checkpoints "
+        "happen between calls.")
+    assert_min_accuracy: float = _f(
+        0.0, "Fail (exit status 4, no export) when the final test accuracy is below this "
+        "(0 = off).")
+    cache_dir: str = _f(
+        "", "Directory of the disk feature cache (empty = ~/.cache/tfft/features, or under "
+        "$XDG_CACHE_HOME when set)."
+    )
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,7 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -219,6 +227,7 @@ SECTIONS: dict[str, type] = {
     "head": HeadConfig,
     "finetune": FinetuneConfig,
     "train": TrainConfig,
+    "run": RunConfig,
 }
 
 
@@ -247,6 +256,7 @@ def validate(config: Config) -> Config:
     Raises UserError naming the flag, what was expected and what was received.
     """
     d, m, h, f, t = config.data, config.model, config.head, config.finetune, config.train
+    r = config.run
     kind = d.dataset.split(":", 1)[0]
     _require(":" in d.dataset and kind in DATASET_KINDS, "dataset",
              "tfds:NAME, folder:PATH, npz:PATH or sample:mnist", d.dataset)
@@ -257,7 +267,7 @@ def validate(config: Config) -> Config:
     _choice("backbone", m.backbone, BACKBONES)
     _choice("pooling", m.pooling, POOLINGS)
     _choice("optimizer", t.optimizer, OPTIMIZERS)
-    _choice("strategy", t.strategy, STRATEGIES)
+    _choice("strategy", r.strategy, STRATEGIES)
     _choice("cache_features", t.cache_features, CACHE_MODES)
     _choice("cache_dtype", t.cache_dtype, CACHE_DTYPES)
     _choice("mixed_precision", t.mixed_precision, PRECISIONS)
@@ -279,8 +289,8 @@ def validate(config: Config) -> Config:
     _non_negative("warmup_epochs", t.warmup_epochs)
     _require(_finite(f.discriminative_lr_factor) and 0.0 < f.discriminative_lr_factor <= 1.0,
              "discriminative_lr_factor", "a number in (0, 1]", f.discriminative_lr_factor)
-    _require(_finite(t.assert_min_accuracy) and 0.0 <= t.assert_min_accuracy <= 1.0,
-             "assert_min_accuracy", "a number in [0, 1]", t.assert_min_accuracy)
+    _require(_finite(r.assert_min_accuracy) and 0.0 <= r.assert_min_accuracy <= 1.0,
+             "assert_min_accuracy", "a number in [0, 1]", r.assert_min_accuracy)
     _positive("alpha", m.alpha)
     for units in m.head_units:
         _positive("head_units", units)
@@ -297,7 +307,7 @@ def validate(config: Config) -> Config:
              "validation_fraction + test_fraction < 1",
              d.validation_fraction + d.test_fraction)
     _require(m.weights != "", "weights", "imagenet, none or a file path", "''")
-    _require(t.strategy != "tpu" or bool(t.tpu), "tpu", "a TPU address or 'local'", "''")
+    _require(r.strategy != "tpu" or bool(r.tpu), "tpu", "a TPU address or 'local'", "''")
     if f.finetune_learning_rate == 0.0:
         auto = h.head_learning_rate == AUTO_LR
         config = config.replace(

@@ -18,7 +18,7 @@ import socket
 
 import tensorflow as tf
 
-from tfft.config import TrainConfig
+from tfft.config import RunConfig
 from tfft.errors import UserError
 
 
@@ -34,7 +34,7 @@ def configure_cpu_devices(n: int) -> None:
         raise UserError(f"--cpu_devices: must be set before TensorFlow starts ({err}).") from None
 
 
-def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
+def make_strategy(cfg: RunConfig) -> tf.distribute.Strategy:
     """The strategy named by ``--strategy``; fails fast with one line when it cannot work here."""
     if cfg.strategy == "default":
         return tf.distribute.get_strategy()

@@ -26,8 +26,8 @@ from tfft import export, rundir
 from tfft.config import Config
 from tfft.errors import UserError
 
-EVALUATION_FILE = "evaluation.json"
-CONFUSION_FILE = "evaluation_confusion_matrix.png"  # the run report keeps its own
+EVALUATION_FILE = rundir.EVALUATION
+CONFUSION_FILE = rundir.EVALUATION_CONFUSION_PNG  # the run report keeps its own
 PixelsFn = Callable[[tf.Tensor], dict[str, tf.Tensor]]
 
 
@@ -63,7 +63,7 @@ def load_for_evaluation(workdir: str = "", model: str = "") -> LoadedModel:
     if not workdir:
         raise UserError("--workdir/--model: expected a run directory or an exported model; "
                         "received neither.")
-    config, keras_model = export.load_run(workdir)
+    config, keras_model = rundir.load_run(workdir)
     names = export.run_class_names(workdir, config)
     serving = export.ServingFunctions(keras_model, names, config)
     return LoadedModel(serving.pixels, config, names,

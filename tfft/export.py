@@ -36,7 +36,6 @@ from tfft import data as data_lib
 from tfft.config import Config
 from tfft.errors import UserError
 
-DEFAULT_SUBDIR = "export"
 LABELS_FILE = "labels.txt"
 CONFIG_FILE = "config.json"
 IMAGES_SIGNATURE = "serving_default"
@@ -162,28 +161,10 @@ class _WarningsOnly(logging.Filter):
 
 def export_run(workdir: str, export_dir: str | None = None, top_k: int = 5) -> str:
     """Exports a run directory's ``model.keras``; returns the new version directory."""
-    config, model = load_run(workdir)
+    config, model = rundir.load_run(workdir)
     names = run_class_names(workdir, config)
-    return export_model(model, names, config, export_dir or os.path.join(workdir, DEFAULT_SUBDIR),
+    return export_model(model, names, config, export_dir or os.path.join(workdir, rundir.EXPORT),
                         top_k)
-
-
-def load_run(workdir: str) -> tuple[Config, keras.Model]:
-    """The config and trained Keras model of a run directory (``safe_mode=True``)."""
-    config_path = os.path.join(workdir, rundir.CONFIG)
-    model_path = os.path.join(workdir, rundir.MODEL)
-    for path in (config_path, model_path):
-        if not os.path.isfile(path):
-            raise UserError(f"--workdir: expected a finished run directory holding "
-                            f"{rundir.CONFIG} and {rundir.MODEL}; {path!r} does not exist.")
-    with open(config_path) as f:
-        config = Config.from_json(f.read())
-    try:
-        model = keras.saving.load_model(model_path, safe_mode=True)
-    except Exception as err:  # noqa: BLE001 - zip, h5 and deserialisation errors
-        raise UserError(f"--workdir: could not load {model_path!r} "
-                        f"({str(err).strip().splitlines()[0][:200]}).") from None
-    return config, model
 
 
 def run_class_names(workdir: str, config: Config) -> tuple[str, ...]:

@@ -235,7 +235,7 @@ def default_cache_dir() -> str:
 
 def entry_path(config: Config, split: str, key: str) -> str:
     """Where the entry of ``key`` lives: ``<cache_dir>/<split>-<key prefix>``."""
-    root = config.train.cache_dir or default_cache_dir()
+    root = config.run.cache_dir or default_cache_dir()
     return os.path.join(os.path.abspath(os.path.expanduser(root)), f"{split}-{key[:32]}")
 
 

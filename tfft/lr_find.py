@@ -153,7 +153,7 @@ def find(config, phase: str, workdir: str, steps: int = DEFAULT_STEPS) -> RangeT
     from tfft.backbones import build_backbone
     from tfft.classifier import build_classifier, freeze_backbone
 
-    strategy = distribute.make_strategy(config.train)
+    strategy = distribute.make_strategy(config.run)
     train_lib.seed_everything(config.train.seed)
     splits = data_lib.load_splits(config.data, config.train.seed)
     with strategy.scope():
@@ -162,7 +162,7 @@ def find(config, phase: str, workdir: str, steps: int = DEFAULT_STEPS) -> RangeT
                                config.data.image_size)
     scratch = tempfile.mkdtemp(prefix="tfft-lr-find-")
     try:
-        say = print if config.train.verbosity else (lambda _msg: None)
+        say = print if config.run.verbosity else (lambda _msg: None)
         trainer = train_lib.Trainer(clf, config, splits, strategy, say, (), scratch)
         freeze_backbone(clf)
         if phase == "head":

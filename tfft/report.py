@@ -30,15 +30,13 @@ import tensorflow as tf
 
 from tfft import data as data_lib
 from tfft import rundir
+from tfft.callbacks import RunCallback, RunResult
 from tfft.checkpoints import PHASES
 from tfft.config import AUTO_LR, Config
-from tfft.train_lib import RunCallback, RunResult
 
-METRICS_CSV = "metrics.csv"
-CURVES_PNG = "training_curves.png"
-CONFUSION_PNG = "confusion_matrix.png"
-SAMPLES_PNG = "sample_predictions.png"
-REPORT_MD = "report.md"
+METRICS_CSV, CURVES_PNG, CONFUSION_PNG, SAMPLES_PNG, REPORT_MD = (
+    rundir.METRICS_CSV, rundir.CURVES_PNG, rundir.CONFUSION_PNG, rundir.SAMPLES_PNG,
+    rundir.REPORT_MD)
 CSV_COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy",
                "learning_rate", "seconds")
 SAMPLE_COUNT = 16
@@ -70,7 +68,7 @@ def write_run_report(result: RunResult) -> dict[str, str]:
     config = result.config
     predictions = predict_split(keras_predict(result.classifier.model), result.splits.test,
                                 config, result.classifier.backbone.normalize,
-                                verbose=config.train.verbosity >= 1)
+                                verbose=config.run.verbosity >= 1)
     history = result.history or result.metrics.get("phases", {})
     return write_report(result.workdir, config, result.class_names, history,
                         result.metrics.get("parameters", {}), predictions,
@@ -87,8 +85,7 @@ def write_run_dir_report(workdir: str, predictions: TestPredictions,
     The epoch history comes from ``metrics.csv`` when present (it keeps the timings), else from
     ``metrics.json``; the config and parameter counts from the run's files.
     """
-    with open(os.path.join(workdir, rundir.CONFIG)) as f:
-        config = Config.from_json(f.read())
+    config = rundir.read_config(workdir)
     metrics = rundir.read_json(os.path.join(workdir, rundir.METRICS))
     history = read_history(workdir) or metrics.get("phases", {})
     return write_report(workdir, config, class_names, history, metrics.get("parameters", {}),

@@ -1,22 +1,47 @@
-"""The run directory: what a run writes, always atomically (write to a temp file, then rename)."""
+"""The run directory: every file name in it, its readers, and atomic writes.
+
+One home for the layout, so checkpoints, export, the report, TensorBoard and ``tfft.evaluate``
+agree on where things are. Every write goes to a temporary file beside the target and is renamed
+into place, so a reader sees either the old file or the whole new one.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tfft.config import Config
+from tfft.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
 MODEL = "model.keras"
+PROGRESS = "progress.json"  # where an interrupted run stopped (tfft.checkpoints)
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+EXPORT = "export"  # default base directory of the versioned SavedModels
 LR_FIND = "lr_find.json"  # rates --*_learning_rate=auto found, by phase (tfft.lr_find)
+METRICS_CSV = "metrics.csv"
+CURVES_PNG = "training_curves.png"
+CONFUSION_PNG = "confusion_matrix.png"
+SAMPLES_PNG = "sample_predictions.png"
+REPORT_MD = "report.md"
+EVALUATION = "evaluation.json"  # tfft.evaluate's results
+EVALUATION_CONFUSION_PNG = "evaluation_confusion_matrix.png"  # the report keeps its own
+
+
+def lr_find_png(phase: str) -> str:
+    """The plot of the LR range test ``--<phase>_learning_rate=auto`` ran."""
+    return f"lr_find_{phase}.png"
 
 
 def check_writable(path: str, flag: str) -> None:
     """Refuses, before any work starts, a directory that cannot be created or written."""
-    from tfft.errors import UserError
-
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -51,9 +76,34 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
+def read_config(workdir: str) -> Config:
+    """The config a run directory was trained with (``config.json``; older layouts load too)."""
+    with open(os.path.join(workdir, CONFIG)) as f:
+        return Config.from_json(f.read())
+
+
 def save_model(model: Any, path: str) -> None:
     """Saves a Keras model atomically (Keras insists on the ``.keras`` suffix)."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, ".tmp-" + os.path.basename(path))
     model.save(tmp)
     os.replace(tmp, path)
+
+
+def load_run(workdir: str) -> tuple[Config, keras.Model]:
+    """The config and trained Keras model of a run directory (``safe_mode=True``)."""
+    import keras
+
+    config_path = os.path.join(workdir, CONFIG)
+    model_path = os.path.join(workdir, MODEL)
+    for path in (config_path, model_path):
+        if not os.path.isfile(path):
+            raise UserError(f"--workdir: expected a finished run directory holding "
+                            f"{CONFIG} and {MODEL}; {path!r} does not exist.")
+    config = read_config(workdir)
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True)
+    except Exception as err:  # noqa: BLE001 - zip, h5 and deserialisation errors
+        raise UserError(f"--workdir: could not load {model_path!r} "
+                        f"({str(err).strip().splitlines()[0][:200]}).") from None
+    return config, model

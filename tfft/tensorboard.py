@@ -19,10 +19,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfft import report
-from tfft.train_lib import RunCallback, RunResult
+from tfft import report, rundir
+from tfft.callbacks import RunCallback, RunResult
 
-SUBDIR = "tensorboard"
+SUBDIR = rundir.TENSORBOARD
 SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 

@@ -28,8 +28,8 @@ def check_flags() -> Config:
     """Everything that can be checked before TensorFlow starts: values and writable dirs."""
     config = validate(config_from_flags(FLAGS))
     rundir.check_writable(FLAGS.workdir, "workdir")
-    if config.train.cache_dir:
-        rundir.check_writable(config.train.cache_dir, "cache_dir")
+    if config.run.cache_dir:
+        rundir.check_writable(config.run.cache_dir, "cache_dir")
     return config
 
 
@@ -37,9 +37,9 @@ def main(config: Config) -> None:
     """Trains ``config`` (checked by ``check_flags`` before TensorFlow was imported)."""
     from tfft import distribute, train_lib
 
-    distribute.configure_cpu_devices(config.train.cpu_devices)
+    distribute.configure_cpu_devices(config.run.cpu_devices)
     result = train_lib.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
-    minimum = config.train.assert_min_accuracy
+    minimum = config.run.assert_min_accuracy
     if minimum and result.test_accuracy < minimum:
         from tfft.errors import AccuracyBelowMinimum
 
@@ -47,12 +47,12 @@ def main(config: Config) -> None:
             f"--assert_min_accuracy: test accuracy {result.test_accuracy:.4f} is below "
             f"{minimum:g}; nothing exported (run directory {FLAGS.workdir}).")
     if FLAGS.export and result.workdir == FLAGS.workdir:  # other workers ran in a temp dir
-        from tfft.export import DEFAULT_SUBDIR, export_model
+        from tfft.export import export_model
 
-        export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, DEFAULT_SUBDIR)
+        export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, rundir.EXPORT)
         version_dir = export_model(result.classifier.model, result.class_names, result.config,
                                    export_dir, FLAGS.top_k)
-        if config.train.verbosity:
+        if config.run.verbosity:
             print(f"Exported SavedModel: {version_dir}")
 
 

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -27,6 +27,7 @@ import tensorflow as tf
 from tfft import checkpoints, distribute, feature_cache, rundir, schedules
 from tfft import data as data_lib
 from tfft.backbones import build_backbone
+from tfft.callbacks import RunCallback, RunResult
 from tfft.classifier import (
     Classifier,
     build_classifier,
@@ -79,39 +80,6 @@ class VariableGroup:
     first_epoch: int = 0
 
 
-@dataclass
-class RunResult:
-    """What a run produced; the same numbers are in the run directory."""
-
-    config: Config
-    workdir: str
-    classifier: Classifier
-    splits: data_lib.Splits
-    metrics: dict[str, Any] = field(default_factory=dict)
-    history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # rows with timings
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.splits.class_names
-
-    @property
-    def test_accuracy(self) -> float:
-        return float(self.metrics["test"]["accuracy"])
-
-
-class RunCallback:
-    """Hooks into a run (TensorBoard, reports, checkpoints); every method is optional."""
-
-    def on_phase_begin(self, phase: str, model: keras.Model, epochs: int) -> None:
-        """Called before the first epoch of a phase that runs."""
-
-    def on_epoch_end(self, row: dict[str, Any], model: keras.Model) -> None:
-        """Called after each epoch with its metrics row (see ``Trainer.fit``)."""
-
-    def on_run_end(self, result: RunResult) -> None:
-        """Called once, after the test evaluation, on the chief only."""
-
-
 def seed_everything(seed: int) -> None:
     """Same seed on CPU -> same splits, initial weights, shuffles and metrics."""
     keras.utils.set_random_seed(seed)
@@ -130,7 +98,7 @@ def train_and_evaluate(
     An interrupted run in ``workdir`` is resumed; a finished run or one with another config is
     refused (UserError) unless ``overwrite``.
     """
-    strategy = strategy or distribute.make_strategy(config.train)
+    strategy = strategy or distribute.make_strategy(config.run)
     chief = distribute.is_chief(strategy)
     progress = checkpoints.prepare_workdir(workdir, config, overwrite, may_delete=chief)
     if progress is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -155,7 +123,7 @@ def default_callbacks(config: Config, workdir: str) -> tuple[RunCallback, ...]:
     """
     from tfft import report, tensorboard
 
-    logs = (tensorboard.TensorBoardCallback(workdir),) if config.train.tensorboard else ()
+    logs = (tensorboard.TensorBoardCallback(workdir),) if config.run.tensorboard else ()
     return (*logs, report.ReportCallback())
 
 
@@ -163,7 +131,7 @@ def _run(config: Config, workdir: str, strategy: tf.distribute.Strategy,
          callbacks: tuple[RunCallback, ...], progress: checkpoints.Progress | None) -> RunResult:
     seed_everything(config.train.seed)
     keras.mixed_precision.set_global_policy(config.train.mixed_precision)
-    say = _printer(config.train.verbosity)
+    say = _printer(config.run.verbosity)
     splits = data_lib.load_splits(config.data, config.train.seed)
     with strategy.scope():
         backbone = build_backbone(config.model, config.data.image_size)
@@ -406,7 +374,7 @@ class Trainer:
         progress = self._phase_progress(phase, saver)
         history = progress.history.setdefault(phase, [])
         patience = self.config.train.early_stopping_patience
-        every = self.config.train.checkpoint_every_steps
+        every = self.config.run.checkpoint_every_steps
         self.say(f"Phase {phase}: {epochs} epoch(s), learning rate {learning_rate:g}, "
                  f"{count_params(model.trainable_weights):,} trainable parameters")
         for callback in self.callbacks:
@@ -505,7 +473,7 @@ class Trainer:
         per-call Python and dispatch overhead would dominate) and 1 otherwise (a step through
         the backbone takes long enough that one call per step costs nothing measurable, and
         progress updates every step)."""
-        chosen = self.config.train.steps_per_execution
+        chosen = self.config.run.steps_per_execution
         if chosen:
             return chosen
         return AUTO_STEPS_ON_FEATURES if model is self.clf.head else 1
@@ -595,7 +563,7 @@ class Trainer:
         return n
 
     def _progbar(self, steps: int | None, title: str) -> keras.utils.Progbar | None:
-        if self.config.train.verbosity < 1:
+        if self.config.run.verbosity < 1:
             return None
         self.say(title)
         return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
@@ -678,5 +646,5 @@ def _print_summary(say, config: Config, splits: data_lib.Splits, params: dict[st
     say(f"Backbone {config.model.backbone} (weights {config.model.weights}) at "
         f"{config.data.image_size}px; parameters {params['total']:,}; trainable: head phase "
         f"{params['head_trainable']:,}, finetune phase {params['finetune_trainable']:,}")
-    say(f"Strategy {config.train.strategy}: {replicas} replica(s); global batch "
+    say(f"Strategy {config.run.strategy}: {replicas} replica(s); global batch "
         f"{config.data.batch_size}, per replica {config.data.batch_size // replicas}")
