@@ -14,7 +14,7 @@ from conftest import ROOT
 from PIL import Image
 from test_export import real_digits, train_once
 
-from tfft import evaluate, predict
+from tfft import evaluate, metrics, predict
 from tfft.errors import UserError
 from tfft.plots import plot_confusion_matrix
 
@@ -87,7 +87,7 @@ def test_predictor_table_and_missing_file(trained_run, tmp_path):
 def test_classification_metrics_follow_the_definitions():
     labels = np.array([0, 0, 1, 1, 2, 2, 2])
     predicted = np.array([0, 1, 1, 1, 0, 2, 1])
-    m = evaluate.classification_metrics(labels, predicted, ("a", "b", "c"))
+    m = metrics.classification_metrics(labels, predicted, ("a", "b", "c"))
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 1, 1]]
     assert m["accuracy"] == pytest.approx(4 / 7) and m["examples"] == 7
     b = m["per_class"]["b"]  # 2 right of 4 predicted b; both true b found

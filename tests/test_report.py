@@ -13,8 +13,11 @@ import tensorflow as tf
 from conftest import tiny_config
 from PIL import Image
 
-from tfft import report, tensorboard, train_lib
+from tfft import data as data_lib
+from tfft import plots, report, tensorboard, train_lib
+from tfft.callbacks import RunResult
 from tfft.config import Config
+from tfft.metrics import Predictions
 
 REPORT_FILES = ("metrics.csv", "training_curves.png", "confusion_matrix.png",
                 "sample_predictions.png", "report.md")
@@ -110,11 +113,16 @@ def test_tensorboard_flag_turns_the_logs_off():
     assert [type(c) for c in off] == [report.ReportCallback]
 
 
-def _predictions(labels, predicted, channels=1) -> report.TestPredictions:
+def _predictions(labels, predicted, classes=2) -> Predictions:
+    """Predictions whose most probable class is ``predicted``, at probability 0.5."""
+    probabilities = np.full((len(labels), classes), 0.5 / classes, np.float32)
+    probabilities[np.arange(len(labels)), predicted] = 0.5
+    return Predictions(np.asarray(labels, np.int64), probabilities)
+
+
+def _images(count, channels=1) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (28, 28, channels), dtype=np.uint8) for _ in labels]
-    return report.TestPredictions(np.asarray(labels), np.asarray(predicted),
-                                  np.full(len(labels), 0.5), images)
+    return [rng.integers(0, 255, (28, 28, channels), dtype=np.uint8) for _ in range(count)]
 
 
 def test_write_report_for_a_run_directory_keeps_timings(tmp_path, run):
@@ -125,7 +133,8 @@ def test_write_report_for_a_run_directory_keeps_timings(tmp_path, run):
             dst.write(src.read())
     labels, predicted = [0, 1, 2, 2], [0, 1, 1, 2]
     names = tuple(f"c{i}" for i in range(len(run.class_names)))
-    paths = report.write_run_dir_report(workdir, _predictions(labels, predicted, 3), names)
+    paths = report.write_run_dir_report(workdir, _predictions(labels, predicted, len(names)),
+                                        names, _images(len(labels), 3))
     assert sorted(os.path.basename(p) for p in paths.values()) == sorted(REPORT_FILES)
     text = pathlib.Path(paths["report.md"]).read_text()
     assert "Accuracy **0.7500** on 4 test examples" in text
@@ -139,17 +148,58 @@ def test_write_report_for_a_run_directory_keeps_timings(tmp_path, run):
 def test_curves_mark_the_phase_boundary_only_between_two_phases():
     row = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
     both = [{**row, "phase": "head"}] * 2 + [{**row, "phase": "finetune"}]
-    boundary = report.training_curves_figure(both)
+    boundary = plots.training_curves_figure(both)
     lines = [line.get_xdata()[0] for line in boundary.axes[0].lines if line.get_linestyle() == ":"]
     assert lines == [2.5]
-    single = report.training_curves_figure([{**row, "phase": "head"}])
+    single = plots.training_curves_figure([{**row, "phase": "head"}])
     assert not [line for line in single.axes[0].lines if line.get_linestyle() == ":"]
 
 
 def test_predictions_grid_highlights_mistakes():
-    fig = report.sample_predictions_figure(_predictions([0, 1, 1], [0, 0, 1]), ("zero", "one"))
+    fig = plots.sample_predictions_figure(_predictions([0, 1, 1], [0, 0, 1]), _images(3),
+                                          ("zero", "one"))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     colours = [ax.title.get_color() for ax in fig.axes if ax.get_title()]
     assert titles[1] == "pred zero (50%)\ntrue one"
     assert colours == ["tab:green", "tab:red", "tab:green"]
     assert "1 of 3 wrong" in fig._suptitle.get_text()
+
+
+def _finished_run(workdir: str, predictions: Predictions | None) -> RunResult:
+    """A RunResult as a run hands it to the callbacks, with no model at all (``classifier`` is
+    None), so any prediction by the report or TensorBoard would fail."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (6, 28, 28, 1), dtype=np.uint8)
+    test = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1, 2, 2, 1, 0], np.int32)))
+    splits = data_lib.Splits(test, test, test, ("c0", "c1", "c2"), {"test": 6})
+    row = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4,
+           "learning_rate": 1e-3, "seconds": 0.5}
+    history = {"head": [{**row, "epoch": 1, "phase": "head", "global_step": 4}],
+               "finetune": [{**row, "epoch": 1, "phase": "finetune", "global_step": 8}]}
+    metrics = {"test": {"loss": 0.9, "accuracy": 0.5, "examples": 6},
+               "parameters": {"total": 100, "head_trainable": 10, "finetune_trainable": 50}}
+    return RunResult(tiny_config(), workdir, None, splits, metrics, history, predictions)
+
+
+def test_report_and_tensorboard_use_the_runs_test_predictions_and_no_model(tmp_path):
+    predictions = _predictions([0, 1, 2, 2, 1, 0], [0, 1, 2, 1, 1, 2], classes=3)
+    result = _finished_run(str(tmp_path), predictions)
+    board = tensorboard.TensorBoardCallback(str(tmp_path))
+    for callback in (board, report.ReportCallback()):
+        callback.on_epoch_end(result.history["head"][0], None)
+        callback.on_run_end(result)
+    for name in REPORT_FILES:
+        assert os.path.getsize(tmp_path / name) > 0, name
+    text = (tmp_path / "report.md").read_text()
+    assert "Accuracy **0.6667** on 6 test examples, loss 0.9000." in text
+    assert "| c2 | 0.500 | 0.500 | 0.500 | 2 |" in text
+    test = _event_values(os.path.join(tmp_path, tensorboard.SUBDIR, "test"))
+    width, height, png = test["sample_predictions"][0][1]
+    assert png.startswith(b"\x89PNG") and int(width) > 100 and int(height) > 100
+    assert report.first_test_images(result, 2)[1].tolist() == next(
+        iter(result.splits.test.skip(1)))[0].numpy().tolist()
+
+
+def test_a_run_without_test_predictions_says_so():
+    with pytest.raises(ValueError, match="test_predictions is None"):
+        report.ReportCallback().on_run_end(_finished_run("unused", None))

@@ -14,28 +14,25 @@ the whole of ``--test_dataset``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from tfft import data as data_lib
-from tfft import export, rundir
+from tfft import export, metrics, plots, rundir
 from tfft.config import Config
 from tfft.errors import UserError
 
 EVALUATION_FILE = rundir.EVALUATION
 CONFUSION_FILE = rundir.EVALUATION_CONFUSION_PNG  # the run report keeps its own
-PixelsFn = Callable[[tf.Tensor], dict[str, tf.Tensor]]
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """A classifier to evaluate: its serve_pixels computation, config and class names."""
 
-    pixels: PixelsFn
+    pixels: metrics.PixelsFn
     config: Config
     class_names: tuple[str, ...]
     source: str
@@ -85,76 +82,26 @@ def load_test_split(config: Config, test_dataset: str = "") -> tf.data.Dataset:
     return data_lib.load_images(data_lib.load_splits(config.data, config.train.seed).test)
 
 
-def predict_split(pixels: PixelsFn, ds: tf.data.Dataset,
-                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """True and predicted class ids over raw (uint8 image, label) examples."""
-    same_size = ds.element_spec[0].shape.is_fully_defined()
-    labels, predicted = [], []
-    for images, y in ds.batch(batch_size if same_size else 1):
-        predicted.append(pixels(images)["class_ids"].numpy())
-        labels.append(y.numpy())
-    if not labels:
-        raise UserError("test split: expected at least one example; received none.")
-    return np.concatenate(labels).astype(np.int64), np.concatenate(predicted).astype(np.int64)
-
-
-def classification_metrics(labels: np.ndarray, predicted: np.ndarray,
-                           class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (counts)."""
-    n = len(class_names)
-    matrix = np.zeros((n, n), np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
-    true_positive = np.diag(matrix).astype(np.float64)
-    predicted_count = matrix.sum(axis=0)
-    support = matrix.sum(axis=1)
-    precision = _ratio(true_positive, predicted_count)
-    recall = _ratio(true_positive, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    per_class = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]),
-               "f1": float(f1[i]), "support": int(support[i])}
-        for i, name in enumerate(class_names)
-    }
-    present = support > 0
-    return {
-        "accuracy": float(true_positive.sum() / max(len(labels), 1)),
-        "examples": len(labels),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "per_class": per_class,
-        "class_names": list(class_names),
-        "confusion_matrix": matrix.tolist(),
-    }
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """Elementwise division that gives 0 where the denominator is 0 (no such examples)."""
-    denominator = np.asarray(denominator, np.float64)
-    return np.divide(numerator, denominator, out=np.zeros_like(denominator),
-                     where=denominator > 0)
-
-
 def evaluate(workdir: str = "", model: str = "", test_dataset: str = "",
              output_dir: str = "") -> dict[str, Any]:
     """Evaluates; writes ``evaluation.json`` and its confusion-matrix image to ``output_dir``.
 
     ``output_dir`` defaults to ``workdir``, or the current directory for ``model`` alone.
     """
-    from tfft.plots import plot_confusion_matrix
-
     loaded = load_for_evaluation(workdir, model)
     ds = load_test_split(loaded.config, test_dataset)
-    labels, predicted = predict_split(loaded.pixels, ds, loaded.config.data.batch_size)
+    predictions = metrics.predict_split(loaded.pixels, ds, loaded.config.data.batch_size)
+    labels = predictions.labels
     if labels.max(initial=0) >= len(loaded.class_names):
         raise UserError(f"--test_dataset: labels go up to {int(labels.max())}, but the model "
                         f"knows {len(loaded.class_names)} classes.")
-    result = classification_metrics(labels, predicted, loaded.class_names)
+    result = metrics.classification_metrics(labels, predictions.predicted, loaded.class_names)
     result["model"] = loaded.source
     result["test_dataset"] = test_dataset or loaded.config.data.test_dataset or (
         loaded.config.data.dataset + " (test split)")
     out = output_dir or workdir or "."
-    result["confusion_matrix_png"] = plot_confusion_matrix(
-        np.asarray(result["confusion_matrix"]), loaded.class_names,
-        os.path.join(out, CONFUSION_FILE))
+    result["confusion_matrix_png"] = plots.plot_confusion_matrix(
+        result["confusion_matrix"], loaded.class_names, os.path.join(out, CONFUSION_FILE))
     rundir.write_json(os.path.join(out, EVALUATION_FILE), result)
     return result
 
@@ -176,6 +123,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    """Evaluates the flags' model and prints the report."""
     from absl import flags
 
     values = flags.FLAGS
@@ -184,6 +132,7 @@ def main() -> None:
 
 
 def define_flags() -> None:
+    """The command's flags, defined only when it runs (importing tfft.evaluate defines none)."""
     from absl import flags
 
     flags.DEFINE_string("workdir", "", "Run directory (config.json, model.keras) to evaluate.")

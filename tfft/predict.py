@@ -70,6 +70,7 @@ class Predictor:
 
 
 def format_table(predictions: list[Prediction]) -> str:
+    """Each image's path, then one indented line per class: what a person reads."""
     lines = []
     for p in predictions:
         lines.append(p.image)
@@ -79,6 +80,7 @@ def format_table(predictions: list[Prediction]) -> str:
 
 
 def format_json(predictions: list[Prediction]) -> str:
+    """Every prediction as JSON, for scripts (``--format=json``)."""
     return json.dumps([p.to_dict() for p in predictions], indent=2)
 
 
@@ -95,11 +97,8 @@ def predict_files(predictor: Predictor, paths: list[str]) -> tuple[list[Predicti
 
 # ---------------------------------------------------------------- command line
 
-_IMAGES: list[str] = []  # positional arguments, set by parse_args (absl passes them nowhere else)
-
-
-def parse_args(argv: list[str]) -> list[str]:
-    """absl flag parsing that keeps positional arguments as the image paths."""
+def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """absl flag parsing that keeps positional arguments: (argv left for absl, image paths)."""
     from absl import flags
 
     from tfft import cli
@@ -109,11 +108,11 @@ def parse_args(argv: list[str]) -> list[str]:
         rest = flags.FLAGS(argv)
     except flags.Error as err:
         cli.fail(str(err).strip().splitlines()[0])
-    _IMAGES[:] = rest[1:]
-    return rest[:1]
+    return rest[:1], rest[1:]
 
 
-def main() -> None:
+def main(images: list[str]) -> None:
+    """Predicts ``images`` with the flags' model and prints them; exit status 2 on any error."""
     from absl import flags
 
     from tfft import cli
@@ -123,10 +122,10 @@ def main() -> None:
         raise UserError("--model: expected an exported model directory; received none.")
     if values.top_k < 0:
         raise UserError(f"--top_k: expected a number >= 0; received {values.top_k}.")
-    if not _IMAGES:
+    if not images:
         raise UserError("images: expected one or more image files after the flags; "
                         "received none.")
-    predictions, errors = predict_files(Predictor(values.model, values.top_k), _IMAGES)
+    predictions, errors = predict_files(Predictor(values.model, values.top_k), images)
     if predictions or values.format == "json":
         print(format_table(predictions) if values.format == "table" else format_json(predictions))
         sys.stdout.flush()
@@ -136,7 +135,23 @@ def main() -> None:
         sys.exit(cli.EXIT_USER_ERROR)
 
 
+def run_command() -> None:
+    """``python -m tfft.predict``: absl hands positional arguments to no one, so the parser
+    passes them to ``main`` here (kept local: no module state)."""
+    from tfft import cli
+
+    images: list[str] = []
+
+    def parser(argv: list[str]) -> list[str]:
+        absl_argv, paths = parse_args(argv)
+        images.extend(paths)
+        return absl_argv
+
+    cli.run(lambda: main(images), parser)
+
+
 def define_flags() -> None:
+    """The command's flags, defined only when it runs (importing tfft.predict defines none)."""
     from absl import flags
 
     flags.DEFINE_string("model", "", "Exported SavedModel: EXPORT_DIR/<version>, or EXPORT_DIR "
@@ -146,7 +161,5 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from tfft import cli
-
     define_flags()
-    cli.run(main, parse_args)
+    run_command()

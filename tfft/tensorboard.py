@@ -19,7 +19,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfft import report, rundir
+from tfft import plots, report, rundir
 from tfft.callbacks import RunCallback, RunResult
 
 SUBDIR = rundir.TENSORBOARD
@@ -27,18 +27,20 @@ SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 
 def logdir(workdir: str) -> str:
+    """Where ``tensorboard --logdir`` finds a run's logs."""
     return os.path.join(workdir, SUBDIR)
 
 
 class TensorBoardCallback(RunCallback):
     """Writes per-epoch scalars of both phases and, at the end, test metrics and an image."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str) -> None:
         self.root = logdir(workdir)
-        self._writers: dict[str, Any] = {}
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._step = 0  # the last epoch's global step: where the test results are drawn
 
-    def _writer(self, name: str):
+    def _writer(self, name: str) -> tf.summary.SummaryWriter:
+        """The phase's (or ``test``'s) writer, created when first needed."""
         if name not in self._writers:
             self._writers[name] = tf.summary.create_file_writer(os.path.join(self.root, name))
         return self._writers[name]
@@ -94,9 +96,9 @@ def _metadata(plugin: str) -> bytes:
 
 
 def _sample_predictions_png(result: RunResult) -> bytes:
-    """The report's predictions grid for the first test images, as PNG bytes."""
-    config = result.config
-    predictions = report.predict_split(
-        report.keras_predict(result.classifier.model), result.splits.test, config,
-        result.classifier.backbone.normalize, limit=report.SAMPLE_COUNT)
-    return report.figure_png(report.sample_predictions_figure(predictions, result.class_names))
+    """The report's predictions grid as PNG bytes: the run's own test predictions beside the
+    first raw test images (no model pass of its own)."""
+    predictions = report.require_test_predictions(result)
+    images = report.first_test_images(result)
+    return plots.png_bytes(plots.sample_predictions_figure(predictions, images,
+                                                           result.class_names))
