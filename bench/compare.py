@@ -66,12 +66,10 @@ def run_peer(config) -> float:
     import keras
 
     from tfft import data as data_lib
-    from tfft import train_lib
-    from tfft.backbones import build_backbone
+    from tfft import phases
 
-    train_lib.seed_everything(config.train.seed)
-    splits = data_lib.load_splits(config.data, config.train.seed)
-    base = build_backbone(config.model, config.data.image_size)
+    with phases.setup_run(config) as run:  # seeds, devices and the splits, as tfft's own run
+        splits, base = run.splits, run.classifier.backbone
 
     def batches(ds, training: bool):
         return data_lib.make_batches(ds, config.data, base.normalize, training=training,

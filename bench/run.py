@@ -33,6 +33,7 @@ from typing import Any
 from absl import flags
 
 from tfft import cli
+from tfft.callbacks import PhaseTimings, RunCallback
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "sample:mnist", "Data of P1, P2, P3 and P5 (tfft --dataset).")
@@ -150,30 +151,25 @@ def p1_head_phase(config) -> Row:
 
 
 def timed_head_phase(config) -> tuple[dict[str, float], Any]:
-    """Runs head-only training; returns seconds spent in the head phase and its extraction."""
+    """Runs head-only training; returns seconds spent in the head phase and its extraction,
+    as the run reports them to its callbacks."""
     from tfft import train_lib
 
-    seconds = {"run_head_phase": 0.0, "extract_features": 0.0}
-    originals = {name: getattr(train_lib.Trainer, name) for name in seconds}
+    clock = PhaseClock()
+    with scratch_dir() as workdir:
+        result = train_lib.train_and_evaluate(config, workdir, callbacks=(clock,))
+    head = clock.timings["head"]
+    return {"run_head_phase": head.seconds, "extract_features": head.feature_seconds}, result
 
-    def timed(name: str):
-        def wrapper(trainer, *args):
-            start = time.perf_counter()
-            try:
-                return originals[name](trainer, *args)
-            finally:
-                seconds[name] += time.perf_counter() - start
-        return wrapper
 
-    for name in seconds:
-        setattr(train_lib.Trainer, name, timed(name))
-    try:
-        with scratch_dir() as workdir:
-            result = train_lib.train_and_evaluate(config, workdir)
-    finally:
-        for name, original in originals.items():
-            setattr(train_lib.Trainer, name, original)
-    return seconds, result
+class PhaseClock(RunCallback):
+    """Keeps each phase's timings (``on_phase_end``)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, PhaseTimings] = {}
+
+    def on_phase_end(self, timings: PhaseTimings) -> None:
+        self.timings[timings.phase] = timings
 
 
 # ---------------------------------------------------------------- P2, P3
@@ -332,24 +328,17 @@ def p5_finetune_step(config, splits) -> Row:
                f"{config.finetune.unfreeze_blocks} blocks unfrozen)", "<= 1.05x")
 
 
-class PairedEpochs:
-    """A tfft RunCallback that keeps each tfft epoch's wall time and runs one Keras epoch
-    after it."""
+class PairedEpochs(RunCallback):
+    """Keeps each tfft epoch's wall time and runs one Keras epoch after it."""
 
     def __init__(self, keras_fit: KerasFit) -> None:
         self.keras_fit = keras_fit
         self.tfft: list[float] = []
         self.keras: list[float] = []
 
-    def on_phase_begin(self, phase, model, epochs) -> None:
-        """Nothing to do at a phase start."""
-
     def on_epoch_end(self, row, model) -> None:
         self.tfft.append(row["seconds"])
         self.keras.append(self.keras_fit.epoch())
-
-    def on_run_end(self, result) -> None:
-        """Nothing to do at the end."""
 
 
 class KerasFit:
@@ -360,14 +349,11 @@ class KerasFit:
         import tensorflow as tf
 
         from tfft import data as data_lib
-        from tfft.backbones import build_backbone
-        from tfft.classifier import build_classifier, unfreeze_top_blocks
-        from tfft.train_lib import seed_everything
+        from tfft import phases
+        from tfft.classifier import unfreeze_top_blocks
 
-        seed_everything(config.train.seed)
-        backbone = build_backbone(config.model, config.data.image_size)
-        clf = build_classifier(backbone, splits.num_classes, config.model,
-                               config.data.image_size)
+        with phases.setup_run(config) as run:
+            clf, backbone = run.classifier, run.classifier.backbone
         unfreeze_top_blocks(clf, config.finetune.unfreeze_blocks)
         clf.model.compile(keras.optimizers.Adam(config.finetune.finetune_learning_rate),
                           keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
@@ -410,7 +396,7 @@ def p6_steps_per_execution(config, splits) -> Row:
     The speed option the issue asks to keep only where it helps: this row is the evidence.
     Epochs after the first (which traces) are compared, median of each run, best repetition.
     """
-    from tfft.train_lib import AUTO_STEPS_ON_FEATURES
+    from tfft.phases import AUTO_STEPS_ON_FEATURES
 
     cached = config.replace(cache_features="memory")
     best = {1: float("inf"), 0: float("inf")}

@@ -11,7 +11,6 @@ epoch; each keeps its fastest epoch.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -24,26 +23,20 @@ FLAGS = bench_run.FLAGS  # bench.run's flags: --train_examples, --unfreeze_block
 def main() -> None:
     import tensorflow as tf
 
-    from tfft import data as data_lib
-    from tfft import distribute, train_lib
-    from tfft.backbones import build_backbone
-    from tfft.classifier import build_classifier
+    from tfft import loop, phases, schedules
 
     config = bench_run.bench_config().replace(finetune_epochs=1)
-    splits = data_lib.load_splits(config.data, config.train.seed)
-    reference = bench_run.KerasFit(config, splits)
-    clf = build_classifier(build_backbone(config.model, config.data.image_size),
-                           splits.num_classes, config.model, config.data.image_size)
-    trainer = train_lib.Trainer(clf, config, splits, distribute.make_strategy(config.run),
-                                lambda _msg: None, (), tempfile.mkdtemp(), None)
-    groups = trainer.finetune_groups()
-    rate = config.finetune.finetune_learning_rate
-    optimizers = [train_lib.make_optimizer(config, rate) for _ in groups]
-    for optimizer, group in zip(optimizers, groups, strict=True):
-        optimizer.build(group.variables)
-    step = trainer._train_step(clf.model, groups, optimizers)  # noqa: SLF001 - the unit profiled
-
-    batches = list(trainer.batches(splits.train))
+    with phases.setup_run(config) as run:
+        splits = run.splits
+        reference = bench_run.KerasFit(config, splits)
+        plan = phases.finetune_plan(run)
+        rate = config.finetune.finetune_learning_rate
+        optimizers = [schedules.make_optimizer(config.train, rate) for _ in plan.groups]
+        for optimizer, group in zip(optimizers, plan.groups, strict=True):
+            optimizer.build(group.variables)
+        step = loop.train_steps(run.strategy, plan.model, plan.groups, optimizers,
+                                loop.make_loss(config.train.label_smoothing))
+        batches = list(run.batches(splits.train))
     premade = tf.data.Dataset.from_tensor_slices(
         (tf.stack([x for x, _ in batches]), tf.stack([y for _, y in batches])))
     one_hot = premade.map(lambda x, y: (x, tf.one_hot(y, splits.num_classes)))
@@ -51,7 +44,7 @@ def main() -> None:
 
     def tfft_steps(read_loss: bool) -> Callable[[], None]:
         def epoch() -> None:
-            iterator, stats = iter(premade), train_lib.EpochStats()
+            iterator, stats = iter(premade), loop.EpochStats()
             for _ in range(count):
                 sums = step(iterator, tf.constant(1))
                 if read_loss:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config
 
-from tfft import lr_find, rundir, schedules, train_lib
+from tfft import callbacks, lr_find, rundir, schedules, train_lib
 from tfft.backbones import build_backbone
 from tfft.classifier import count_params, unfreeze_top_blocks
 from tfft.config import AUTO_LR, Config, validate
@@ -77,7 +77,7 @@ class SimulatedCrash(Exception):
     """Stands for a kill after an epoch's checkpoint."""
 
 
-class Recorder(train_lib.RunCallback):
+class Recorder(callbacks.RunCallback):
     """Trainable parameters at each epoch's end; optionally stops the run after an epoch."""
 
     def __init__(self, stop_after: tuple[str, int] | None = None):

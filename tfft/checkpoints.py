@@ -123,6 +123,56 @@ class PhaseCheckpointer:
             .assert_existing_objects_matched()
 
 
+class RunProgress:
+    """Where a run is, across its phases: the ``Progress`` record of the phase in progress, the
+    run's global step, and the checkpoints both are saved with.
+
+    Made from ``prepare_workdir``'s result: None for a fresh run, else the interrupted run's
+    record, whose finished phases are skipped and whose phase in progress resumes exactly.
+    """
+
+    def __init__(self, workdir: str, record: Progress | None):
+        self.workdir = workdir
+        self.record = record
+        self.global_step = record.global_step if record else 0
+
+    def finished(self, phase: str, model_variables: list) -> bool:
+        """True when a resumed run already finished ``phase``; its final weights are loaded."""
+        record = self.record
+        if record is None or not record.completed(phase):
+            return False
+        if record.phase == phase:
+            restore_model_variables(self.workdir, record.checkpoint, model_variables)
+        return True
+
+    def history(self, phase: str) -> list[dict[str, Any]]:
+        return self.record.history.get(phase, []) if self.record else []
+
+    def resuming(self, phase: str) -> bool:
+        """True when ``phase`` was interrupted and ``start`` will continue it."""
+        return self.record is not None and self.record.phase == phase
+
+    def start(self, phase: str, saver: PhaseCheckpointer) -> Progress:
+        """The phase's record: the interrupted one with its checkpoint restored, or a new one."""
+        if self.resuming(phase):
+            saver.restore(self.record)
+            self.global_step = self.record.global_step
+            return self.record
+        history = self.record.history if self.record else {}
+        self.record = Progress(phase=phase, epoch=0, step=0, done=False,
+                               global_step=self.global_step, checkpoint="", history=history)
+        return self.record
+
+    def save(self, saver: PhaseCheckpointer, epoch: int, step: int,
+             partial: dict[str, float] | None = None) -> None:
+        """Checkpoints the phase at ``step`` of epoch ``epoch + 1`` (0: the epoch boundary),
+        with the sums of a partial epoch, then writes the record that points to it."""
+        record = self.record
+        record.epoch, record.step, record.global_step = epoch, step, self.global_step
+        record.partial = dict(partial or {})
+        saver.save(record)
+
+
 def restore_model_variables(workdir: str, checkpoint_path: str, model_variables: list) -> None:
     """Loads only the model's variables from a checkpoint (relative to ``workdir``)."""
     checkpoint = tf.train.Checkpoint(model=[_tf_variable(v) for v in model_variables])

@@ -1,4 +1,5 @@
-"""Fine-tuning recipes: learning-rate schedules, gradual unfreezing plans, discriminative rates.
+"""Fine-tuning recipes: optimizers, learning-rate schedules, gradual unfreezing plans,
+discriminative rates.
 
 Everything here is a pure function of the config, the phase's epoch count and its steps per
 epoch, so a resumed run recomputes the same plan: the schedules read the optimizer's
@@ -11,6 +12,8 @@ import math
 
 import keras
 import tensorflow as tf
+
+from tfft.config import TrainConfig
 
 ONE_CYCLE_START_DIVISOR = 25.0  # one-cycle starts at lr / 25 ...
 ONE_CYCLE_END_DIVISOR = 1e4  # ... and anneals to lr / 1e4 (Smith & Topin's defaults)
@@ -78,3 +81,36 @@ def first_epoch_of_block(depth: int, schedule: str, every: int) -> int:
 def discriminative_factor(depth: int, factor: float) -> float:
     """Learning-rate multiplier of the block ``depth`` places below the top (head and top = 1)."""
     return factor ** depth
+
+
+def make_optimizer(cfg: TrainConfig,
+                   learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+                   ) -> keras.optimizers.Optimizer:
+    """The optimizer ``--optimizer`` names, at a fixed rate or a schedule."""
+    name, momentum = cfg.optimizer, cfg.momentum
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate, momentum=momentum)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def group_rate(cfg: TrainConfig, learning_rate: float, factor: float, first_epoch: int,
+               epochs: int, steps_per_epoch: int) -> float | PhaseSchedule:
+    """The learning rate of a group of variables trained at ``factor`` x the phase's rate from
+    ``first_epoch`` on: a float when constant, else its per-step schedule."""
+    if cfg.lr_schedule == "constant" and cfg.warmup_epochs == 0:
+        return learning_rate * factor
+    return PhaseSchedule(
+        cfg.lr_schedule, learning_rate, epochs * steps_per_epoch,
+        round(cfg.warmup_epochs * steps_per_epoch), first_epoch * steps_per_epoch,
+        factor)
+
+
+def last_step_rate(rate: float | PhaseSchedule, optimizer: keras.optimizers.Optimizer) -> float:
+    """The learning rate of the optimizer's last step (a metrics row's ``learning_rate``)."""
+    if isinstance(rate, PhaseSchedule):
+        return float(rate(max(int(optimizer.iterations.numpy()) - 1, 0)))
+    return float(rate)
