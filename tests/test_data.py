@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import write_image_folder
+from conftest import ROOT, write_image_folder
 
 from tfft import data as data_lib
 from tfft.config import DataConfig
 from tfft.errors import UserError
+from tfft.tfds_source import tfds_split_names
 
 
 def unit_normalize(x):
@@ -190,11 +194,11 @@ def test_tfds_photos_stay_encoded_until_after_the_shuffle():
 
 
 def test_tfds_split_carving_when_dataset_lacks_splits():
-    assert data_lib._tfds_split_names({"train", "test"}, (0.1, 0.2)) == (
+    assert tfds_split_names({"train", "test"}, (0.1, 0.2)) == (
         "train[:90%]", "train[90%:100%]", "test")
-    assert data_lib._tfds_split_names({"train"}, (0.1, 0.2)) == (
+    assert tfds_split_names({"train"}, (0.1, 0.2)) == (
         "train[:70%]", "train[70%:80%]", "train[80%:]")
-    assert data_lib._tfds_split_names({"train", "validation", "test"}, (0.1, 0.2))[1] == \
+    assert tfds_split_names({"train", "validation", "test"}, (0.1, 0.2))[1] == \
         "validation"
 
 
@@ -207,6 +211,72 @@ def test_tfds_offline_fails_fast_with_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--tfds_data_dir") as err:
         data_lib.load_splits(cfg, seed=0)
     assert "\n" not in str(err.value)
+
+
+def test_tfds_not_prepared_with_network_downloads_through_tfds_load(tmp_path, monkeypatch):
+    """With network, an unprepared dataset takes TFDS's own download-and-prepare path."""
+    real_load, calls = tfds.load, []
+
+    def load(name, **kwargs):
+        calls.append(kwargs)
+        with tfds.testing.mock_data(num_examples=10):
+            return real_load(name, **{**kwargs, "download": False})
+
+    class Connection:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(socket, "create_connection", lambda *_args, **_kwargs: Connection())
+    monkeypatch.setattr(tfds, "load", load)
+    splits = data_lib.load_splits(DataConfig(dataset="tfds:mnist", tfds_data_dir=str(tmp_path)),
+                                  seed=0)
+    assert [(c["download"], c["data_dir"]) for c in calls] == [(True, str(tmp_path))]
+    assert splits.num_classes == 10 and splits.sizes["test"] == 10
+
+
+OFFLINE_SITECUSTOMIZE = '''
+"""Imported at start-up of the test's CLI process: no DNS, as on a machine without network."""
+import socket
+
+
+def no_dns(*_args, **_kwargs):
+    raise socket.gaierror(-2, "Name or service not known")
+
+
+socket.getaddrinfo = no_dns
+'''
+
+
+def train_offline(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    """``python -m tfft.train --dataset=tfds:mnist`` without network, HOME a fresh directory."""
+    home, offline = tmp_path / "home", tmp_path / "offline"
+    home.mkdir()
+    offline.mkdir()
+    (offline / "sitecustomize.py").write_text(OFFLINE_SITECUSTOMIZE)
+    env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR"}
+    env["HOME"] = str(home)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(offline), ROOT, env.get("PYTHONPATH"))
+                                        if p)
+    command = [sys.executable, "-m", "tfft.train", "--dataset=tfds:mnist", "--weights=none",
+               f"--workdir={tmp_path / 'run'}", *flags]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("given_data_dir", [False, True])
+def test_tfds_offline_cli_prints_one_line_and_writes_nothing(tmp_path, given_data_dir):
+    """Not prepared, no network: tfft's one line on stderr, the data directory untouched."""
+    data_dir = tmp_path / "tfds"
+    if given_data_dir:
+        data_dir.mkdir()
+    run = train_offline(tmp_path, *([f"--tfds_data_dir={data_dir}"] if given_data_dir else []))
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("tfft: error:"), lines
+    assert "tfds build mnist" in lines[0] and "--tfds_data_dir=DIR" in lines[0]
+    assert not (tmp_path / "home" / "tensorflow_datasets").exists()
+    if given_data_dir:
+        assert list(data_dir.iterdir()) == [], "the given --tfds_data_dir stays as it was"
 
 
 def test_augmenter_changes_training_images_only():
