@@ -1,7 +1,9 @@
 """Pretrained backbones: Keras Applications and TF-Hub feature vectors behind one interface.
 
 Each backbone knows its own input normalisation, its smallest usable input size and its ordered
-"blocks" (bottom -> top) so the finetune phase can unfreeze the top N of them.
+"blocks" (bottom -> top) so the finetune phase can unfreeze the top N of them. This module holds
+the Keras Applications table and where their weights come from; the TF-Hub layer is
+``tfft.hub`` (``HubFeatureVector`` is named here too, for the code that imports it from here).
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ import importlib.resources
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import keras
 import tensorflow as tf
 
+from tfft import hub
 from tfft.config import ModelConfig
 from tfft.errors import UserError
+from tfft.hub import HubFeatureVector
+
+__all__ = ["BUNDLED_WEIGHTS", "MIN_IMAGE_SIZE", "Backbone", "HubFeatureVector", "build_backbone",
+           "normalizer"]
 
 MIN_IMAGE_SIZE = 32
 BUNDLED_WEIGHTS = {("mobilenet", 0.25): "mobilenet_2_5_224_tf_no_top.h5"}
@@ -88,7 +95,7 @@ def normalizer(cfg: ModelConfig) -> Callable[[tf.Tensor], tf.Tensor]:
     """The configured backbone's input normalisation, without building the backbone (export
     needs it for a saved model; it is the function a built ``Backbone.normalize`` holds)."""
     if cfg.backbone == "hub":
-        return _hub_normalize
+        return hub.normalize
     return _APPS[cfg.backbone].normalize
 
 
@@ -171,7 +178,7 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _group(names: list[str], key: Callable[[str], str]) -> tuple[tuple[str, ...], ...]:
+def _group(names: Iterable[str], key: Callable[[str], str]) -> tuple[tuple[str, ...], ...]:
     """Groups names into blocks by key, keeping the order of first appearance (bottom -> top)."""
     groups: dict[str, list[str]] = {}
     for name in names:
@@ -179,130 +186,10 @@ def _group(names: list[str], key: Callable[[str], str]) -> tuple[tuple[str, ...]
     return tuple(tuple(v) for v in groups.values())
 
 
-# ---------------------------------------------------------------- TF-Hub
-
-
-@keras.saving.register_keras_serializable(package="tfft")
-class HubFeatureVector(keras.layers.Layer):
-    """A Keras 3 layer around ``hub.load(handle)`` (hub.KerasLayer is tf_keras-only).
-
-    The loaded module's tf.Variables are wrapped (not copied) as Keras variables so optimizers,
-    checkpoints and per-variable unfreezing see them. The module runs in inference mode
-    (BatchNorm statistics frozen) unless ``train_batchnorm`` is set: a Keras 3 functional model
-    passes its own ``training`` to every layer, whatever the layer was called with when the model
-    was built, so the layer itself must hold this decision.
-    """
-
-    def __init__(self, handle: str, train_batchnorm: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.handle = handle
-        self.train_batchnorm = train_batchnorm
-        self._module = _load_hub_module(handle)
-        trainable_ids = {id(v) for v in self._module.trainable_variables}
-        self.variable_paths: tuple[str, ...] = ()
-        paths = []
-        for v in self._module.variables:
-            path = v.name.split(":")[0]
-            paths.append(path)
-            self._track_variable(keras.Variable(
-                initializer=v, trainable=id(v) in trainable_ids, dtype=v.dtype, shape=v.shape,
-                name=_variable_name(path)))
-        self.variable_paths = tuple(paths)
-        self.built = True
-
-    def path_of(self, variable: keras.Variable) -> str:
-        """The module's own name of a wrapped variable (e.g. ``Conv1/kernel``)."""
-        return self._path_by_name[variable.name]
-
-    @property
-    def _path_by_name(self) -> dict[str, str]:
-        return {_variable_name(p): p for p in self.variable_paths}
-
-    def call(self, inputs, training=False):
-        return self._module(
-            inputs, training=self.train_batchnorm and bool(training) and self.trainable)
-
-    def get_config(self):
-        return {**super().get_config(), "handle": self.handle,
-                "train_batchnorm": self.train_batchnorm}
-
-
-def _variable_name(path: str) -> str:
-    """Keras variable names may not hold ':' or '/' (optimizer slot names break)."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", path)
-
-
-def _load_hub_module(handle: str):
-    import tensorflow_hub as hub
-
-    is_url = handle.startswith(("http://", "https://"))
-    if not is_url and not os.path.isdir(handle):
-        raise UserError(f"--hub_handle: expected a TF-Hub URL or a local SavedModel directory; "
-                        f"received {handle!r} (no such directory).")
-    try:
-        module = hub.load(handle)
-    except Exception as err:  # noqa: BLE001 - URLError, OSError, parse errors
-        hint = " (offline? download it where you have network and pass --hub_handle=/local/dir)"
-        raise UserError(f"--hub_handle: could not load {handle!r}"
-                        f"{hint if is_url else ''}: {str(err).splitlines()[0][:200]}") from None
-    if not callable(module) or not getattr(module, "variables", None):
-        raise UserError(f"--hub_handle: {handle!r} is not a reusable TF-Hub image feature vector "
-                        "(no callable with variables).")
-    return module
-
-
 def _build_hub(cfg: ModelConfig, image_size: int) -> Backbone:
-    layer = HubFeatureVector(cfg.hub_handle, trainable=False, name="hub_feature_vector")
-    try:
-        probe = layer(tf.zeros((1, image_size, image_size, 3)))
-    except Exception as err:  # noqa: BLE001 - signature mismatch of a foreign module
-        reason = str(err).splitlines()[0][:160]
-        raise UserError(f"--hub_handle: {cfg.hub_handle!r} does not take [batch, {image_size}, "
-                        f"{image_size}, 3] float images ({reason}).") from None
-    if len(probe.shape) != 2:
-        raise UserError(f"--hub_handle: expected an image feature vector (output [batch, dim]); "
-                        f"{cfg.hub_handle!r} returns shape {list(probe.shape)}.")
-    blocks = _merge_batchnorm_groups(
-        _group(layer.variable_paths, _hub_block_key(layer.variable_paths)))
+    layer = hub.load_feature_vector(cfg.hub_handle, image_size)
+    paths = layer.variable_paths
+    blocks = hub.merge_batchnorm_groups(_group(paths, hub.block_key(paths)))
     identity = {"backbone": "hub", "hub_handle": cfg.hub_handle,
-                "hub_resolved_path": _hub_resolved_path(cfg.hub_handle)}
-    return Backbone("hub", layer, _hub_normalize, blocks, True, identity)
-
-
-def _hub_normalize(images: tf.Tensor) -> tf.Tensor:
-    """TF-Hub image modules take RGB floats in [0, 1]."""
-    return images / 255.0
-
-
-def _hub_block_key(paths: list[str]) -> Callable[[str], str]:
-    """Block = first variable-name component below the scope all variables share."""
-    split = [p.split("/") for p in paths]
-    common = 0
-    while all(len(s) > common + 1 for s in split) and len({s[common] for s in split}) == 1:
-        common += 1
-    return lambda path: path.split("/")[common] if "/" in path else path
-
-
-def _merge_batchnorm_groups(
-    groups: tuple[tuple[str, ...], ...]
-) -> tuple[tuple[str, ...], ...]:
-    """A group of only BatchNorm variables belongs to the layer below it (Keras-made modules)."""
-    merged: list[tuple[str, ...]] = []
-    for group in groups:
-        if merged and all(_is_batchnorm_variable(p) for p in group):
-            merged[-1] = merged[-1] + group
-        else:
-            merged.append(group)
-    return tuple(merged)
-
-
-def _is_batchnorm_variable(path: str) -> bool:
-    return path.rsplit("/", 1)[-1] in ("gamma", "beta", "moving_mean", "moving_variance")
-
-
-def _hub_resolved_path(handle: str) -> str:
-    if os.path.isdir(handle):
-        return os.path.abspath(handle)
-    import tensorflow_hub as hub
-
-    return hub.resolve(handle)
+                "hub_resolved_path": hub.resolved_path(cfg.hub_handle)}
+    return Backbone("hub", layer, hub.normalize, blocks, True, identity)

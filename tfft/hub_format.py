@@ -8,6 +8,8 @@ Plain ``tf.saved_model.save(keras_model)`` does not give this interface (STACK_F
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import tensorflow as tf
 
@@ -32,7 +34,7 @@ def save_feature_vector(model: keras.Model, path: str) -> None:
 
 
 def wrap_keras_application(
-    backbone: keras.Model, normalize_from_unit: callable | None = None
+    backbone: keras.Model, normalize_from_unit: Callable[[tf.Tensor], tf.Tensor] | None = None
 ) -> keras.Model:
     """A feature-vector model over a Keras Application that takes [0, 1] images like TF-Hub's.
 
