@@ -24,7 +24,7 @@ import tensorflow as tf
 from conftest import ROOT, SHARED_DATA, tiny_config
 
 from tfft import data as data_lib
-from tfft import export, train_lib
+from tfft import export, publishing, train_lib
 
 T10K = os.path.join(SHARED_DATA, "mnist", "mnist_t10k.npz")
 OUTPUTS = ("probabilities", "class_ids", "class_names", "top_k_class_names",
@@ -244,9 +244,9 @@ def test_publish_takes_the_next_free_version_and_never_replaces_one(tmp_path, mo
         (tmp / "saved_model.pb").write_bytes(tag.encode())
         return str(tmp)
 
-    assert export._publish(staged("a"), str(base)) == str(base / "6")
-    monkeypatch.setattr(export, "versions", lambda _: [4])  # another exporter raced us to 5
-    assert export._publish(staged("b"), str(base)) == str(base / "7")
+    assert publishing.publish(staged("a"), str(base)) == str(base / "6")
+    monkeypatch.setattr(publishing, "versions", lambda _: [4])  # another exporter raced us to 5
+    assert publishing.publish(staged("b"), str(base)) == str(base / "7")
     assert (base / "5" / "saved_model.pb").read_bytes() == b"five"
     assert (base / "7" / "saved_model.pb").read_bytes() == b"b"
     monkeypatch.undo()
