@@ -148,3 +148,84 @@ def test_mixed_bfloat16_trains_with_float32_outputs_and_restores_the_policy(tmp_
     assert result.classifier.model.output.dtype == "float32"
     assert np.isfinite(result.metrics["test"]["loss"])
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_the_public_entry_point_validates_so_finetune_runs_at_a_tenth_of_the_head_rate(tmp_path):
+    """``Config().replace(...)`` is not validated; the finetune rate 0 means "head / 10"."""
+    import tfft
+
+    config = tiny_config(head_epochs=0, finetune_epochs=1).replace(
+        head_learning_rate=0.002, finetune_learning_rate=0.0)
+    result = tfft.train_and_evaluate(config, str(tmp_path))
+    assert result.metrics["phases"]["finetune"][0]["learning_rate"] == pytest.approx(0.0002)
+
+
+def test_a_run_passes_the_test_split_through_the_model_once(tmp_path, monkeypatch):
+    """Counts the test examples read: one pass (metrics, report, TensorBoard all use its
+    predictions) plus the raw images of the report's grid, which no model sees."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from tfft import data as data_lib
+    from tfft import report
+
+    reads: list[int] = []
+    original = data_lib.load_splits
+
+    def count(image, label):
+        label = tf.py_function(lambda v: (reads.append(1), v)[1], [label], tf.int32)
+        return image, tf.ensure_shape(label, [])
+
+    def counted_splits(cfg, seed):
+        splits = original(cfg, seed)
+        return dataclasses.replace(splits, test=splits.test.map(count))
+
+    monkeypatch.setattr(data_lib, "load_splits", counted_splits)
+    config = tiny_config(head_epochs=1, finetune_epochs=0, max_eval_examples=48,
+                         tensorboard=False)
+    result = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert result.metrics["test"]["examples"] == 48
+    assert len(reads) == 48 + report.SAMPLE_COUNT
+
+
+def test_lr_find_sets_its_run_up_as_training_does(tmp_path, monkeypatch):
+    """Both go through ``phases.setup_run`` (seeds, precision policy, CPU devices, splits)."""
+    import contextlib
+
+    from tfft import lr_find, phases
+
+    policies: list[str] = []
+    original = phases.setup_run
+
+    @contextlib.contextmanager
+    def spy(config, strategy=None):
+        with original(config, strategy) as run:
+            policies.append(keras.mixed_precision.global_policy().name)
+            yield run
+
+    monkeypatch.setattr(phases, "setup_run", spy)
+    config = tiny_config(head_epochs=1, finetune_epochs=0, mixed_precision="mixed_bfloat16")
+    train_lib.train_and_evaluate(config, str(tmp_path / "train"))
+    lr_find.find(config, "head", str(tmp_path / "lr_find"), steps=5)
+    assert policies == ["mixed_bfloat16", "mixed_bfloat16"]
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_progress_written_to_a_file_is_one_line_per_epoch(tmp_path):
+    """stdout redirected (CI logs, nohup): no bar redraws, a few lines per epoch."""
+    log = tmp_path / "train.log"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(log, "w") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "tfft.train", "--flagfile=configs/quickstart.cfg",
+             f"--workdir={tmp_path / 'run'}", "--image_size=32", "--head_epochs=3",
+             "--finetune_epochs=2", "--max_train_examples=160", "--max_eval_examples=32",
+             "--batch_size=16", "--steps_per_execution=1", "--verbosity=1"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    text = log.read_text()
+    assert "\r" not in text and "\b" not in text
+    epochs = 3 + 2
+    assert len(text.splitlines()) <= 3 * epochs + 20, text
+    assert len(text) < 6000, len(text)
