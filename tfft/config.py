@@ -33,84 +33,105 @@ UNFREEZE_SCHEDULES = ("all_at_once", "gradual")
 AUTO_LR = -1.0
 
 
-def _f(default: Any, help_text: str, **kwargs: Any) -> Any:
-    """A dataclass field carrying the help text its generated flag shows."""
-    return field(default=default, metadata={"help": help_text, **kwargs})
+@dataclass(frozen=True)
+class Interval:
+    """A field's numbers: from 0 up to ``high``, each end open or closed (all tfft ranges start
+    at 0). ``describe`` is the "expected ..." of both the error message and the flag's help."""
+
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: Any) -> bool:
+        return _finite(value) and (value > 0 if self.low_open else value >= 0) and (
+            value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        if self.high == math.inf:
+            return "a positive number" if self.low_open else "a number >= 0"
+        low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"a number in {low}0, {self.high:g}{high}"
+
+
+POSITIVE, NON_NEGATIVE = Interval(low_open=True), Interval()
+FRACTION = Interval(high=1.0, high_open=True)
+
+
+def _f(default: Any, help_text: str, rule: tuple[str, ...] | Interval | None = None,
+       **metadata: Any) -> Any:
+    """A field with its flag's help and the rule ``validate`` applies: allowed strings (metadata
+    ``choices``) or an Interval (``bounds``), per element for a tuple field. ``auto``: the
+    sentinel "auto" becomes, exempt from the rule; ``element``: a tuple's element type (str)."""
+    rules = {} if rule is None else {"choices" if isinstance(rule, tuple) else "bounds": rule}
+    return field(default=default, metadata={"help": help_text, **rules, **metadata})
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how they are turned into backbone inputs."""
 
-    dataset: str = _f(
-        "sample:mnist",
-        "Image source: tfds:NAME, folder:PATH, npz:PATH or sample:mnist (bundled, offline).",
-    )
+    dataset: str = _f("sample:mnist", "Image source: tfds:NAME, folder:PATH, npz:PATH or "
+                      "sample:mnist (bundled, offline).")
     test_dataset: str = _f(
-        "", "Optional separate source for the test split (same forms as --dataset)."
-    )
+        "", "Optional separate source for the test split (same forms as --dataset).")
     tfds_data_dir: str = _f("", "TFDS data directory (where prepared datasets live).")
-    image_size: int = _f(224, "Square input size the images are resized to, in pixels.")
-    batch_size: int = _f(32, "Global batch size (split across replicas).")
-    validation_fraction: float = _f(
-        0.1, "Fraction of the training data held out for validation when none is given."
-    )
-    test_fraction: float = _f(
-        0.2, "Fraction held out for testing when the source has no test split (npz, folder)."
-    )
-    max_train_examples: int = _f(0, "Use at most this many training examples (0 = all).")
+    image_size: int = _f(224, "Square input size the images are resized to, in pixels.", POSITIVE)
+    batch_size: int = _f(32, "Global batch size (split across replicas).", POSITIVE)
+    validation_fraction: float = _f(0.1, "Fraction of the training data held out for "
+                                    "validation when none is given.", FRACTION)
+    test_fraction: float = _f(0.2, "Fraction held out for testing when the source has no test "
+                              "split (npz, folder).", FRACTION)
+    max_train_examples: int = _f(0, "At most this many training examples (0 = all).", NON_NEGATIVE)
     max_eval_examples: int = _f(
-        0, "Use at most this many validation and test examples each (0 = all)."
-    )
-    augment: tuple[str, ...] = _f(
-        (), "Training-only augmentations, comma list of: flip, rotate, zoom, crop."
-    )
-    shuffle_buffer: int = _f(10000, "Shuffle buffer size for the training split.")
+        0, "Use at most this many validation and test examples each (0 = all).", NON_NEGATIVE)
+    augment: tuple[str, ...] = _f((), "Training-only augmentations.", AUGMENTATIONS)
+    shuffle_buffer: int = _f(10000, "Shuffle buffer size for the training split.", POSITIVE)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The frozen pretrained backbone and the Dense head on top of it."""
 
-    backbone: str = _f("mobilenet_v2", f"Backbone: one of {', '.join(BACKBONES)}.")
+    backbone: str = _f("mobilenet_v2", "Pretrained backbone under the head.", BACKBONES)
     weights: str = _f("imagenet", "Backbone weights: imagenet, none, or a path to a weights file.")
-    alpha: float = _f(1.0, "Width multiplier of mobilenet / mobilenet_v2.")
+    alpha: float = _f(1.0, "Width multiplier of mobilenet / mobilenet_v2.", POSITIVE)
     hub_handle: str = _f(
-        DEFAULT_HUB_HANDLE, "TF-Hub image feature vector (URL or local SavedModel dir)."
-    )
-    pooling: str = _f("avg", "How backbone feature maps become a vector: avg, max or flatten.")
-    head_units: tuple[int, ...] = _f((1024,), "Hidden Dense layer sizes of the head, comma list.")
-    dropout: float = _f(0.2, "Dropout rate before each head Dense layer.")
-    l2: float = _f(0.0, "L2 weight decay on the head's Dense kernels.")
+        DEFAULT_HUB_HANDLE, "TF-Hub image feature vector (URL or local SavedModel dir).")
+    pooling: str = _f("avg", "How backbone feature maps become a vector.", POOLINGS)
+    head_units: tuple[int, ...] = _f(
+        (1024,), "Hidden Dense layer sizes of the head.", POSITIVE, element=int)
+    dropout: float = _f(0.2, "Dropout rate before each head Dense layer.", FRACTION)
+    l2: float = _f(0.0, "L2 weight decay on the head's Dense kernels.", NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     """Phase ``head``: train the head on the frozen backbone."""
 
-    head_epochs: int = _f(5, "Epochs of the head phase (0 skips it).")
+    head_epochs: int = _f(5, "Epochs of the head phase (0 skips it).", NON_NEGATIVE)
     head_learning_rate: float = _f(
-        1e-3, "Learning rate of the head phase, or auto (LR range test, tfft.lr_find).",
-        auto=AUTO_LR)
+        1e-3, "Learning rate of the head phase (auto = found by an LR range test, tfft.lr_find).",
+        POSITIVE, auto=AUTO_LR)
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Phase ``finetune``: unfreeze the top blocks and train at a lower learning rate."""
 
-    finetune_epochs: int = _f(5, "Epochs of the finetune phase (0 skips it).")
+    finetune_epochs: int = _f(5, "Epochs of the finetune phase (0 skips it).", NON_NEGATIVE)
     finetune_learning_rate: float = _f(
-        0.0, "Learning rate of the finetune phase, or auto (LR range test, tfft.lr_find) "
-        "(0 = head_learning_rate / 10, or auto when that is auto).", auto=AUTO_LR
-    )
-    unfreeze_blocks: int = _f(1, "Number of top backbone blocks unfrozen in the finetune phase.")
+        0.0, "Learning rate of the finetune phase (auto = found by an LR range test; 0 = "
+        "head_learning_rate / 10, or auto when that is auto).", NON_NEGATIVE, auto=AUTO_LR)
+    unfreeze_blocks: int = _f(1, "Top backbone blocks the finetune phase unfreezes.", NON_NEGATIVE)
     unfreeze_schedule: str = _f(
-        "all_at_once", "all_at_once, or gradual: the top block first, one more block every "
-        "--unfreeze_every_epochs epochs, up to --unfreeze_blocks.")
-    unfreeze_every_epochs: int = _f(1, "Epochs between two unfreezings of the gradual schedule.")
+        "all_at_once", "When the blocks unfreeze: all at the phase start, or gradual: the top "
+        "block first, one more every --unfreeze_every_epochs epochs, up to --unfreeze_blocks.",
+        UNFREEZE_SCHEDULES)
+    unfreeze_every_epochs: int = _f(1, "Epochs between two gradual unfreezings.", POSITIVE)
     discriminative_lr_factor: float = _f(
         1.0, "Finetune learning rate of each unfrozen block = the block above's x this factor "
-        "(head and top block at the phase's rate; 1 = one rate for all).")
+        "(head and top block at the phase's rate; 1 = one rate for all).",
+        Interval(high=1.0, low_open=True))
     finetune_batchnorm: bool = _f(
         False, "Train the unfrozen blocks' BatchNorm layers (batch statistics, moving averages "
         "updated); by default they stay in inference mode.")
@@ -120,29 +141,25 @@ class FinetuneConfig:
 class TrainConfig:
     """Optimisation settings shared by both phases: what a run computes."""
 
-    optimizer: str = _f("adam", f"Optimizer: one of {', '.join(OPTIMIZERS)}.")
-    momentum: float = _f(0.9, "Momentum of sgd / rmsprop.")
-    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss.")
+    optimizer: str = _f("adam", "Optimizer of both phases.", OPTIMIZERS)
+    momentum: float = _f(0.9, "Momentum of sgd / rmsprop.", NON_NEGATIVE)
+    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss.", FRACTION)
     lr_schedule: str = _f(
-        "constant", "Learning-rate schedule of each phase, per step: constant, cosine (decay to "
-        "0) or one_cycle (rise from lr/25, then anneal to lr/1e4).")
+        "constant", "Learning-rate schedule of each phase, per step (cosine decays to 0; "
+        "one_cycle rises from lr/25, then anneals to lr/1e4).", LR_SCHEDULES)
     warmup_epochs: float = _f(
         0.0, "Linear warm-up at the start of each phase, in epochs (one_cycle: its rising part; "
-        "0 = 30% of the phase).")
-    early_stopping_patience: int = _f(
-        0, "Stop a phase after this many epochs without val_accuracy gain (0 = off)."
-    )
+        "0 = 30% of the phase).", NON_NEGATIVE)
+    early_stopping_patience: int = _f(0, "Stop a phase after this many epochs without "
+                                      "val_accuracy gain (0 = off).", NON_NEGATIVE)
     cache_features: str = _f(
-        "auto",
-        "Head phase on cached backbone features: auto (= memory unless augmentation), memory, "
-        "disk (keyed files in --cache_dir, reused across runs), off.",
-    )
+        "auto", "Head phase on cached backbone features (auto = memory unless augmentation; "
+        "disk = keyed files in --cache_dir, reused across runs).", CACHE_MODES)
     mixed_precision: str = _f(
-        "float32", "Compute dtype policy: float32, or mixed_bfloat16 (TPUs and recent GPUs; "
-        "slower on CPUs, STACK_FACTS §8).")
-    cache_dtype: str = _f(
-        "float32", "Storage dtype of cached features: float32, or float16 (half the memory/disk)."
-    )
+        "float32", "Compute dtype policy (mixed_bfloat16: TPUs and recent GPUs; slower on CPUs, "
+        "STACK_FACTS §8).", PRECISIONS)
+    cache_dtype: str = _f("float32", "Storage dtype of cached features (float16: half the "
+                          "memory/disk).", CACHE_DTYPES)
     seed: int = _f(42, "Random seed for splits, shuffling and initialisation.")
 
 
@@ -151,29 +168,25 @@ class RunConfig:
     """How a run executes, not what it computes: strategy, devices, progress output, the
     accuracy gate, checkpoint cadence and paths. A resumed run may change any of these."""
 
-    strategy: str = _f("default", f"tf.distribute strategy: one of {', '.join(STRATEGIES)}.")
+    strategy: str = _f("default", "tf.distribute strategy.", STRATEGIES)
     tpu: str = _f("", "TPU address or 'local' (with --strategy=tpu).")
-    num_gpus: int = _f(0, "GPUs used by --strategy=mirrored (0 = all visible).")
+    num_gpus: int = _f(0, "GPUs used by --strategy=mirrored (0 = all visible).", NON_NEGATIVE)
     cpu_devices: int = _f(
-        1, "Split the CPU into this many logical devices (try mirrored without GPUs)."
-    )
-    verbosity: int = _f(1, "0 = quiet, 1 = progress bars and summary.")
-    tensorboard: bool = _f(
-        True, "Write TensorBoard logs (both phases, learning rate, sample predictions) to "
-        "WORKDIR/tensorboard.")
-    checkpoint_every_steps: int = _f(
-        0, "Also checkpoint every N steps within an epoch (0 = at epoch ends only).")
+        1, "Split the CPU into this many logical devices (try mirrored without GPUs).", POSITIVE)
+    verbosity: int = _f(1, "0 = quiet, 1 = progress bars and summary.", NON_NEGATIVE)
+    tensorboard: bool = _f(True, "Write TensorBoard logs (both phases, learning rate, sample "
+                           "predictions) to WORKDIR/tensorboard.")
+    checkpoint_every_steps: int = _f(0, "Also checkpoint every N steps within an epoch (0 = at "
+                                     "epoch ends only).", NON_NEGATIVE)
     steps_per_execution: int = _f(
         0, "Steps run per compiled call, in training and evaluation (0 = auto: 100 on cached "
         "features, where a step is tiny, else 1); progress, NaN checks and step checkpoints "
-        "happen between calls.")
+        "happen between calls.", NON_NEGATIVE)
     assert_min_accuracy: float = _f(
         0.0, "Fail (exit status 4, no export) when the final test accuracy is below this "
-        "(0 = off).")
-    cache_dir: str = _f(
-        "", "Directory of the disk feature cache (empty = ~/.cache/tfft/features, or under "
-        "$XDG_CACHE_HOME when set)."
-    )
+        "(0 = off).", Interval(high=1.0))
+    cache_dir: str = _f("", "Directory of the disk feature cache (empty = "
+                        "~/.cache/tfft/features, or under $XDG_CACHE_HOME when set).")
 
 
 @dataclass(frozen=True)
@@ -200,16 +213,12 @@ class Config:
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> Config:
         """Builds a config from flag-named values; unknown names are a user error."""
-        known = set(flag_fields())
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(flag_fields()))
         if unknown:
             raise UserError(f"Unknown config field(s) {', '.join(unknown)}.")
-        sections = {}
-        for name, sub in SECTIONS.items():
-            kwargs = {f.name: _coerce(f, values[f.name]) for f in dataclasses.fields(sub)
-                      if f.name in values}
-            sections[name] = sub(**kwargs)
-        return cls(**sections)
+        return cls(**{name: sub(**{f.name: _coerce(f, values[f.name])
+                                   for f in dataclasses.fields(sub) if f.name in values})
+                      for name, sub in SECTIONS.items()})
 
     @classmethod
     def from_json(cls, text: str) -> Config:
@@ -221,14 +230,8 @@ class Config:
         return Config.from_flat({**self.flat(), **flat_values})
 
 
-SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "head": HeadConfig,
-    "finetune": FinetuneConfig,
-    "train": TrainConfig,
-    "run": RunConfig,
-}
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "head": HeadConfig,
+                             "finetune": FinetuneConfig, "train": TrainConfig, "run": RunConfig}
 
 
 def flag_fields() -> dict[str, dataclasses.Field]:
@@ -241,7 +244,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if "auto" in f.metadata and isinstance(value, str) and value.strip().lower() == "auto":
         return f.metadata["auto"]
     if isinstance(f.default, tuple):
-        element = int if f.name == "head_units" else str
+        element = f.metadata.get("element", str)
         try:
             return tuple(element(v) for v in (value or ()))
         except (TypeError, ValueError):
@@ -251,68 +254,41 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
 
 
 def validate(config: Config) -> Config:
-    """Checks every user-set value once and resolves derived defaults.
+    """Checks every user-set value once and resolves derived defaults; idempotent.
 
-    Raises UserError naming the flag, what was expected and what was received.
+    Each field's own rule lives in its metadata (so the flag help shows what is enforced); the
+    rules here parse a source's form or span fields. A UserError names flag, expected, received.
     """
-    d, m, h, f, t = config.data, config.model, config.head, config.finetune, config.train
-    r = config.run
-    kind = d.dataset.split(":", 1)[0]
-    _require(":" in d.dataset and kind in DATASET_KINDS, "dataset",
-             "tfds:NAME, folder:PATH, npz:PATH or sample:mnist", d.dataset)
-    if d.test_dataset:
-        test_kind = d.test_dataset.split(":", 1)[0]
-        _require(":" in d.test_dataset and test_kind in DATASET_KINDS, "test_dataset",
-                 "tfds:NAME, folder:PATH, npz:PATH or sample:mnist", d.test_dataset)
-    _choice("backbone", m.backbone, BACKBONES)
-    _choice("pooling", m.pooling, POOLINGS)
-    _choice("optimizer", t.optimizer, OPTIMIZERS)
-    _choice("strategy", r.strategy, STRATEGIES)
-    _choice("cache_features", t.cache_features, CACHE_MODES)
-    _choice("cache_dtype", t.cache_dtype, CACHE_DTYPES)
-    _choice("mixed_precision", t.mixed_precision, PRECISIONS)
-    for aug in d.augment:
-        _choice("augment", aug, AUGMENTATIONS)
-    for name in ("image_size", "batch_size", "shuffle_buffer", "cpu_devices"):
-        _positive(name, config.flat()[name])
-    for name in ("head_epochs", "finetune_epochs", "unfreeze_blocks", "early_stopping_patience",
-                 "checkpoint_every_steps", "steps_per_execution",
-                 "max_train_examples", "max_eval_examples", "num_gpus", "verbosity"):
-        _non_negative(name, config.flat()[name])
-    if h.head_learning_rate != AUTO_LR:
-        _positive("head_learning_rate", h.head_learning_rate)
-    if f.finetune_learning_rate != AUTO_LR:
-        _non_negative("finetune_learning_rate", f.finetune_learning_rate)
-    _choice("lr_schedule", t.lr_schedule, LR_SCHEDULES)
-    _choice("unfreeze_schedule", f.unfreeze_schedule, UNFREEZE_SCHEDULES)
-    _positive("unfreeze_every_epochs", f.unfreeze_every_epochs)
-    _non_negative("warmup_epochs", t.warmup_epochs)
-    _require(_finite(f.discriminative_lr_factor) and 0.0 < f.discriminative_lr_factor <= 1.0,
-             "discriminative_lr_factor", "a number in (0, 1]", f.discriminative_lr_factor)
-    _require(_finite(r.assert_min_accuracy) and 0.0 <= r.assert_min_accuracy <= 1.0,
-             "assert_min_accuracy", "a number in [0, 1]", r.assert_min_accuracy)
-    _positive("alpha", m.alpha)
-    for units in m.head_units:
-        _positive("head_units", units)
-    for name in ("dropout", "label_smoothing"):
-        value = config.flat()[name]
-        _require(0.0 <= value < 1.0, name, "a number in [0, 1)", value)
-    _non_negative("l2", m.l2)
-    _non_negative("momentum", t.momentum)
-    _require(0.0 <= d.validation_fraction < 1.0, "validation_fraction", "a number in [0, 1)",
-             d.validation_fraction)
-    _require(0.0 <= d.test_fraction < 1.0, "test_fraction", "a number in [0, 1)",
-             d.test_fraction)
+    d, m, h, r = config.data, config.model, config.head, config.run
+    for flag in ("dataset", "test_dataset") if d.test_dataset else ("dataset",):
+        kind, colon, _ = str(getattr(d, flag)).partition(":")
+        _require(bool(colon) and kind in DATASET_KINDS, flag,
+                 "tfds:NAME, folder:PATH, npz:PATH or sample:mnist", getattr(d, flag))
+    flat = config.flat()
+    for name, f in flag_fields().items():
+        _check_field(f, flat[name])
     _require(d.validation_fraction + d.test_fraction < 1.0, "validation_fraction",
              "validation_fraction + test_fraction < 1",
              d.validation_fraction + d.test_fraction)
     _require(m.weights != "", "weights", "imagenet, none or a file path", "''")
     _require(r.strategy != "tpu" or bool(r.tpu), "tpu", "a TPU address or 'local'", "''")
-    if f.finetune_learning_rate == 0.0:
+    if config.finetune.finetune_learning_rate == 0.0:
         auto = h.head_learning_rate == AUTO_LR
         config = config.replace(
             finetune_learning_rate=AUTO_LR if auto else h.head_learning_rate / 10)
     return config
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    """Applies a field's metadata rules to its value, or to each element of a tuple field."""
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
+    for item in value if isinstance(f.default, tuple) else (value,):
+        if "auto" in f.metadata and item == f.metadata["auto"]:
+            continue
+        if choices is not None:
+            _require(item in choices, f.name, "one of " + ", ".join(choices), item)
+        if bounds is not None:
+            _require(bounds.admits(item), f.name, bounds.describe(), item)
 
 
 def _require(ok: bool, flag: str, expected: str, received: Any) -> None:
@@ -320,17 +296,5 @@ def _require(ok: bool, flag: str, expected: str, received: Any) -> None:
         raise UserError(f"--{flag}: expected {expected}; received {received!r}.")
 
 
-def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, flag, "one of " + ", ".join(choices), value)
-
-
-def _positive(flag: str, value: float) -> None:
-    _require(_finite(value) and value > 0, flag, "a positive number", value)
-
-
-def _non_negative(flag: str, value: float) -> None:
-    _require(_finite(value) and value >= 0, flag, "a number >= 0", value)
-
-
-def _finite(value: float) -> bool:
+def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
