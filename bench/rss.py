@@ -61,10 +61,8 @@ def main() -> None:
     from tfft.classifier import build_classifier
     from tfft.config import Config, validate
 
-    config = validate(Config().replace(
-        backbone=FLAGS.backbone, alpha=FLAGS.alpha, weights=FLAGS.weights,
-        pooling=FLAGS.pooling, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
-        cache_dtype=FLAGS.cache_dtype))
+    config = validate(Config().replace(**{name: getattr(FLAGS, name) for name in (
+        "backbone", "alpha", "weights", "pooling", "image_size", "batch_size", "cache_dtype")}))
     backbone = build_backbone(config.model, FLAGS.image_size)
     clf = build_classifier(backbone, 10, config.model, FLAGS.image_size)
     forward = tf.function(lambda x: clf.features(x, training=False))

@@ -207,18 +207,22 @@ def p2_p3_throughput(config, splits) -> list[Row]:
     fed, made = best_of(FLAGS.repeats, from_pipeline, from_premade)
     cpu_pipeline, cpu_backbone = (1e3 * seconds / len(premade) for seconds in best_of(
         FLAGS.repeats, pipeline_alone, from_premade, clock=time.process_time))
-    flops = backbone_flops(backbone.layer)
-    matmul = matmul_gflops(FLAGS.matmul_size, FLAGS.repeats)
-    model_gflops = flops * count / made / 1e9
     p2 = Row("P2", made / fed, "backbone throughput, tfft pipeline / pre-made tensors",
              f"{count / fed:.0f} vs {count / made:.0f} images/s ({count} images, best of "
              f"{FLAGS.repeats}); CPU time per batch: pipeline alone {cpu_pipeline:.1f} ms, "
              f"backbone {cpu_backbone:.0f} ms, so sharing the cores caps this near "
              f"{cpu_backbone / (cpu_backbone + cpu_pipeline):.2f}x", ">= 0.9x")
-    p3 = Row("P3", model_gflops / matmul, "backbone GFLOP/s / dense matmul GFLOP/s",
-             f"{model_gflops:.1f} GFLOP/s ({flops / 1e9:.3f} GFLOP/image) vs {matmul:.0f} "
-             f"GFLOP/s ({FLAGS.matmul_size}^2 float32 matmul)", "report")
-    return [p2, p3]
+    return [p2, p3_flops(backbone.layer, count / made)]
+
+
+def p3_flops(backbone, images_per_second: float) -> Row:
+    """The backbone's achieved GFLOP/s against this machine's dense matmul GFLOP/s."""
+    flops = backbone_flops(backbone)
+    matmul = matmul_gflops(FLAGS.matmul_size, FLAGS.repeats)
+    model_gflops = flops * images_per_second / 1e9
+    return Row("P3", model_gflops / matmul, "backbone GFLOP/s / dense matmul GFLOP/s",
+               f"{model_gflops:.1f} GFLOP/s ({flops / 1e9:.3f} GFLOP/image) vs {matmul:.0f} "
+               f"GFLOP/s ({FLAGS.matmul_size}^2 float32 matmul)", "report")
 
 
 def best_of(repeats: int, *runs: Callable[[], None],

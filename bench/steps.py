@@ -20,15 +20,16 @@ from tfft import cli
 FLAGS = bench_run.FLAGS  # bench.run's flags: --train_examples, --unfreeze_blocks, --repeats, ...
 
 
-def main() -> None:
+def finetune_step():
+    """tfft's compiled finetune step over the plan's groups, pre-made batches of the training
+    split and the reference Keras model (built from the same config)."""
     import tensorflow as tf
 
     from tfft import loop, phases, schedules
 
     config = bench_run.bench_config().replace(finetune_epochs=1)
     with phases.setup_run(config) as run:
-        splits = run.splits
-        reference = bench_run.KerasFit(config, splits)
+        reference = bench_run.KerasFit(config, run.splits)
         plan = phases.finetune_plan(run)
         rate = config.finetune.finetune_learning_rate
         optimizers = [schedules.make_optimizer(config.train, rate) for _ in plan.groups]
@@ -36,11 +37,20 @@ def main() -> None:
             optimizer.build(group.variables)
         step = loop.train_steps(run.strategy, plan.model, plan.groups, optimizers,
                                 loop.make_loss(config.train.label_smoothing))
-        batches = list(run.batches(splits.train))
+        batches = list(run.batches(run.splits.train))
     premade = tf.data.Dataset.from_tensor_slices(
         (tf.stack([x for x, _ in batches]), tf.stack([y for _, y in batches])))
-    one_hot = premade.map(lambda x, y: (x, tf.one_hot(y, splits.num_classes)))
-    count = len(batches)
+    return config, step, premade, reference.model, run.splits.num_classes
+
+
+def variants(step, premade, model, num_classes: int) -> dict[str, Callable[[], None]]:
+    """Each way of running one epoch of the same batches, by name."""
+    import tensorflow as tf
+
+    from tfft import loop
+
+    one_hot = premade.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    count = int(premade.cardinality())
 
     def tfft_steps(read_loss: bool) -> Callable[[], None]:
         def epoch() -> None:
@@ -52,13 +62,9 @@ def main() -> None:
             float(sums[0])
         return epoch
 
-    def tfft_one_call() -> None:
-        float(step(iter(premade), tf.constant(count))[0])
-
     def keras_fit() -> None:
         model.fit(one_hot, epochs=1, verbose=0)
 
-    model = reference.model
     keras_fit()  # builds and traces train_function
     train_function = model.train_function
 
@@ -68,18 +74,25 @@ def main() -> None:
             logs = train_function(iterator)
         float(logs["loss"])
 
-    variants = {
+    return {
         "tfft, 1 step per call, loss read every step": tfft_steps(True),
         "tfft, 1 step per call, loss read at the end": tfft_steps(False),
-        f"tfft, {count} steps in one call": tfft_one_call,
+        f"tfft, {count} steps in one call":
+            lambda: float(step(iter(premade), tf.constant(count))[0]),
         "Keras train_function, 1 step per call": keras_train_function,
         "Keras model.fit (verbose=0)": keras_fit,
     }
-    for run in variants.values():
+
+
+def main() -> None:
+    config, step, premade, model, num_classes = finetune_step()
+    runs = variants(step, premade, model, num_classes)
+    count = int(premade.cardinality())
+    for run in runs.values():
         run()  # traces
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(FLAGS.repeats):
-        for name, run in variants.items():
+        for name, run in runs.items():
             start = time.perf_counter()
             run()
             times[name].append(1e3 * (time.perf_counter() - start) / count)

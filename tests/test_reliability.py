@@ -142,8 +142,13 @@ def test_finished_or_different_run_is_refused_unless_overwrite(tmp_path):
 # ---------------------------------------------------------------- every bad input, one line
 
 
-def bad_input_cases(tmp: str) -> list[tuple[str, list[str], str]]:
-    """(name, CLI args, text the single stderr line must contain)."""
+def write_bad_inputs(tmp: str) -> tuple[str, str, str, str]:
+    """Broken image folders, a plain file, another architecture's weights and a module of
+    feature maps; returns (folders, plain file, weights file, module dir)."""
+    import keras
+
+    from tfft.hub_format import save_feature_vector
+
     folders = os.path.join(tmp, "folders")
     write_image_folder(os.path.join(folders, "one_class"), {"only": 3})
     os.makedirs(os.path.join(folders, "empty"))
@@ -155,15 +160,17 @@ def bad_input_cases(tmp: str) -> list[tuple[str, list[str], str]]:
     with open(not_a_dir, "w") as f:
         f.write("x")
     other_weights = os.path.join(tmp, "mobilenet.weights.h5")
-    import keras
-
     keras.applications.MobileNet(weights=None, include_top=False, alpha=0.25,
                                  input_shape=(32, 32, 3)).save_weights(other_weights)
     feature_maps = os.path.join(tmp, "feature_maps_module")
-    from tfft.hub_format import save_feature_vector
-
     inputs = keras.Input((32, 32, 3))
     save_feature_vector(keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs)), feature_maps)
+    return folders, not_a_dir, other_weights, feature_maps
+
+
+def bad_input_cases(tmp: str) -> list[tuple[str, list[str], str]]:
+    """(name, CLI args, text the single stderr line must contain)."""
+    folders, not_a_dir, other_weights, feature_maps = write_bad_inputs(tmp)
     small = ["--image_size=32", "--max_train_examples=16", "--max_eval_examples=8"]
     return [
         ("unknown flag", ["--bogus_flag=1"], "bogus_flag"),
