@@ -1,11 +1,15 @@
-"""What every ``python -m tfft.*`` command shares: flag parsing and one-line errors.
+"""What every ``python -m tfft.*`` command shares: a quiet start, flag parsing, ``--help`` and
+one-line errors.
 
 User errors end as one line on stderr and a non-zero exit status, never a traceback:
 2 for bad input, 3 for a diverged loss, 4 for a test accuracy below --assert_min_accuracy.
+Importing this module changes nothing; ``tfft/__init__.py`` calls ``import_tensorflow_quietly``
+when Python runs a ``python -m tfft.<command>``, before the command's own imports.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -13,11 +17,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from tfft.errors import AccuracyBelowMinimum, TrainingDiverged, UserError  # noqa: E402
+from tfft.config import flag_fields
+from tfft.errors import AccuracyBelowMinimum, TrainingDiverged, UserError
+from tfft.flags import FlagHelp, config_flag_help
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -72,9 +76,12 @@ def import_tensorflow_quietly() -> None:
 
     TensorFlow's runtime prints oneDNN/CUDA notices on stderr before any log level applies, which
     would bury tfft's one-line errors. They are shown after all if the import itself fails.
+    ``TF_CPP_MIN_LOG_LEVEL`` (unless the user set it) also keeps later C++ notices, such as a
+    failed ``cuInit`` on a machine without GPUs, off the terminal.
     """
     if "tensorflow" in sys.modules:
         return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -104,10 +111,11 @@ def quiet_library_logs() -> None:
 
 def run(main: Callable[..., None], parser: Callable[[list[str]], list[str]] = parse_flags,
         check: Callable[[], Any] | None = None) -> None:
-    """Runs ``main`` under absl with tfft's error handling.
+    """Runs ``main`` under absl with tfft's ``--help`` and error handling.
 
-    ``check`` (pure Python, no TensorFlow) runs first, so bad input is reported in about a second
-    instead of after TensorFlow's multi-second import; ``main`` then gets what it returned.
+    ``check`` runs first, so bad input is reported before ``main`` builds or writes anything;
+    ``main`` then gets what it returned. TensorFlow is imported quietly here for callers outside
+    the package (``bench``); a ``python -m tfft.*`` command has imported it at start-up.
     """
 
     def wrapped(_argv: list[str]) -> None:
@@ -126,4 +134,55 @@ def run(main: Callable[..., None], parser: Callable[[list[str]], list[str]] = pa
         except AccuracyBelowMinimum as err:
             fail(str(err), EXIT_ACCURACY)
 
-    app.run(wrapped, flags_parser=parser)
+    app.run(wrapped, flags_parser=functools.partial(parse_unless_help, parser=parser))
+
+
+HELP_ARGS = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort")
+HELP_FOOTER = (
+    "--flagfile=FILE reads flags from FILE; a bare name not in the current directory is",
+    "looked up among the configs shipped with tfft. --helpfull also lists absl's and",
+    "TensorFlow's flags.",
+)
+
+
+def parse_unless_help(argv: list[str], parser: Callable[[list[str]], list[str]]) -> list[str]:
+    """Prints the command's own help and exits 0 when asked, before any parser sees ``argv``.
+
+    absl's ``--help`` shows only the flags of the main module (not the config flags, defined in
+    ``tfft.flags``) and exits 1; ``--helpfull`` keeps absl's behaviour. Arguments after ``--``
+    belong to another command (``tfft.launch`` passes them to its workers).
+    """
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    if any(arg in HELP_ARGS for arg in own[1:]):
+        print(command_help())
+        sys.exit(0)
+    return parser(argv)
+
+
+def command_help(flag_values: flags.FlagValues = flags.FLAGS) -> str:
+    """The running command's flags: the config flags by section (when the command defines them),
+    then the command's own; absl's and TensorFlow's are left to ``--helpfull``."""
+    main = sys.modules.get("__main__")
+    command = getattr(getattr(main, "__spec__", None), "name", "") or "tfft"
+    usage = ((getattr(main, "__doc__", None) or "").strip().splitlines() or [command])[0]
+    groups = {}
+    if all(name in flag_values for name in flag_fields()):
+        groups = {f"{section} flags": docs for section, docs in config_flag_help().items()}
+    shown = {doc.name for docs in groups.values() for doc in docs}
+    groups[f"{command} flags"] = [doc for doc in _own_flags(flag_values, command)
+                                  if doc.name not in shown]
+    lines = [usage.replace("``", "")]
+    for title, docs in groups.items():
+        if docs:
+            lines += ["", f"{title}:", *(doc.render() for doc in docs)]
+    return "\n".join([*lines, "", *HELP_FOOTER])
+
+
+def _own_flags(flag_values: flags.FlagValues, command: str) -> list[FlagHelp]:
+    """Flags defined by the main module, tfft's modules or the command's own package."""
+    packages = {"tfft", command.split(".")[0]}
+    docs: dict[str, FlagHelp] = {}
+    for module, module_flags in flag_values.flags_by_module_dict().items():
+        if module == sys.argv[0] or module.split(".")[0] in packages:
+            docs.update({f.name: FlagHelp.of_flag(f) for f in module_flags if f.name not in docs})
+    return list(docs.values())

@@ -31,7 +31,6 @@ flags.DEFINE_integer("timeout_s", 3600, "Stop every worker after this many secon
                      lower_bound=1)
 
 EXIT_TIMEOUT = 124
-_train_args: list[str] = []  # everything after "--", passed to every worker unchanged
 
 
 def free_ports(n: int) -> list[int]:
@@ -123,16 +122,18 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
+def worker_args(argv: list[str]) -> list[str]:
+    """Everything after ``--``: the ``tfft.train`` flags passed to every worker unchanged."""
+    return argv[argv.index("--") + 1:] if "--" in argv else []
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """The launcher's own flags come before ``--``; the rest goes to every worker."""
-    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (
-        argv, [])
-    _train_args[:] = rest
-    return cli.parse_flags(own)
+    """The launcher's own flags come before ``--`` (``main`` reads the rest from sys.argv)."""
+    return cli.parse_flags(argv[:argv.index("--")] if "--" in argv else argv)
 
 
 def main() -> None:
-    commands = [train_command(_train_args)] * FLAGS.num_workers
+    commands = [train_command(worker_args(sys.argv))] * FLAGS.num_workers
     status, failed = run_workers(commands, FLAGS.timeout_s)
     if status == EXIT_TIMEOUT and failed is None:
         cli.fail(f"--timeout_s: the workers did not finish within {FLAGS.timeout_s} s; "
