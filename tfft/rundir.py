@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from tfft.config import Config
@@ -51,10 +51,16 @@ def check_writable(path: str, flag: str) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Writes ``text`` so a reader sees either the old file or the whole new one."""
+    """Writes ``text`` so a reader sees either the old file or the whole new one.
+
+    The temporary file gets a unique name and the mode ``open(path, "w")`` would give (0666 less
+    the umask), so a serving or monitoring process of another user can read the run's files
+    (``tempfile.mkstemp`` creates them 0600).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
