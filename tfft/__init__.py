@@ -53,6 +53,6 @@ if _runs_as_command():
     # even for commands (predict, evaluate, export) that import TensorFlow at their top.
     from tfft import cli
 
-    cli.import_tensorflow_quietly()
+    cli.quiet_tensorflow_import()
 
 __all__ = ["Config", "UserError", "train_and_evaluate", "validate", "__version__"]

@@ -3,18 +3,21 @@ one-line errors.
 
 User errors end as one line on stderr and a non-zero exit status, never a traceback:
 2 for bad input, 3 for a diverged loss, 4 for a test accuracy below --assert_min_accuracy.
-Importing this module changes nothing; ``tfft/__init__.py`` calls ``import_tensorflow_quietly``
+Importing this module changes nothing; ``tfft/__init__.py`` calls ``quiet_tensorflow_import``
 when Python runs a ``python -m tfft.<command>``, before the command's own imports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from absl import app, flags
@@ -71,23 +74,16 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     return rest
 
 
-def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its C++ start-up banner kept off the terminal.
-
-    TensorFlow's runtime prints oneDNN/CUDA notices on stderr before any log level applies, which
-    would bury tfft's one-line errors. They are shown after all if the import itself fails.
-    ``TF_CPP_MIN_LOG_LEVEL`` (unless the user set it) also keeps later C++ notices, such as a
-    failed ``cuInit`` on a machine without GPUs, off the terminal.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+@contextlib.contextmanager
+def stderr_captured() -> Iterator[None]:
+    """Holds what C++ code writes to file descriptor 2 back; shown after all if the body
+    raises (a failing import keeps its explanation)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -96,6 +92,63 @@ def import_tensorflow_quietly() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow now, with its C++ start-up banner kept off the terminal.
+
+    TensorFlow's runtime prints oneDNN/CUDA notices on stderr before any log level applies, which
+    would bury tfft's one-line errors. ``TF_CPP_MIN_LOG_LEVEL`` (unless the user set it) also
+    keeps later C++ notices, such as a failed ``cuInit`` on a machine without GPUs, away.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with stderr_captured():
+        import tensorflow  # noqa: F401
+
+
+def quiet_tensorflow_import() -> None:
+    """Makes the process's first ``import tensorflow``, whenever it comes, as quiet as
+    ``import_tensorflow_quietly``: commands whose modules import TensorFlow at their top
+    (predict, evaluate, export) start without its banner, and those that need no TensorFlow to
+    answer (``--help``, a bad flag) still answer before importing it."""
+    if "tensorflow" in sys.modules or any(isinstance(f, QuietTensorFlowFinder)
+                                          for f in sys.meta_path):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.meta_path.insert(0, QuietTensorFlowFinder())
+
+
+class QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` as usual, once, and wraps its loader in ``stderr_captured``."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = QuietLoader(spec.loader)
+        return spec
+
+
+class QuietLoader(importlib.abc.Loader):
+    """A module's own loader, run with stderr captured; anything else it is asked for, it
+    answers as the wrapped loader does."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        with stderr_captured():
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
 
 
 def quiet_library_logs() -> None:
