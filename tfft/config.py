@@ -9,61 +9,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from tfft.errors import UserError
-
-DEFAULT_HUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5"
-
-BACKBONES = ("hub", "mobilenet", "mobilenet_v2", "resnet50", "vgg16")
-POOLINGS = ("avg", "max", "flatten")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-AUGMENTATIONS = ("flip", "rotate", "zoom", "crop")
-CACHE_MODES = ("auto", "memory", "disk", "off")
-CACHE_DTYPES = ("float32", "float16")
-PRECISIONS = ("float32", "mixed_bfloat16")
-DATASET_KINDS = ("tfds", "folder", "npz", "sample")
-LR_SCHEDULES = ("constant", "cosine", "one_cycle")
-UNFREEZE_SCHEDULES = ("all_at_once", "gradual")
-# A learning rate of "auto" (flag or Config.replace) is held as this value; the run then picks
-# the rate with an LR range test (tfft.lr_find) before the phase starts.
-AUTO_LR = -1.0
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A field's numbers: from 0 up to ``high``, each end open or closed (all tfft ranges start
-    at 0). ``describe`` is the "expected ..." of both the error message and the flag's help."""
-
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-
-    def admits(self, value: Any) -> bool:
-        return _finite(value) and (value > 0 if self.low_open else value >= 0) and (
-            value < self.high if self.high_open else value <= self.high)
-
-    def describe(self) -> str:
-        if self.high == math.inf:
-            return "a positive number" if self.low_open else "a number >= 0"
-        low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"a number in {low}0, {self.high:g}{high}"
-
-
-POSITIVE, NON_NEGATIVE = Interval(low_open=True), Interval()
-FRACTION = Interval(high=1.0, high_open=True)
-
-
-def _f(default: Any, help_text: str, rule: tuple[str, ...] | Interval | None = None,
-       **metadata: Any) -> Any:
-    """A field with its flag's help and the rule ``validate`` applies: allowed strings (metadata
-    ``choices``) or an Interval (``bounds``), per element for a tuple field. ``auto``: the
-    sentinel "auto" becomes, exempt from the rule; ``element``: a tuple's element type (str)."""
-    rules = {} if rule is None else {"choices" if isinstance(rule, tuple) else "bounds": rule}
-    return field(default=default, metadata={"help": help_text, **rules, **metadata})
+from tfft.fields import (
+    AUGMENTATIONS,
+    AUTO_LR,
+    BACKBONES,
+    CACHE_DTYPES,
+    CACHE_MODES,
+    DATASET_KINDS,
+    DEFAULT_HUB_HANDLE,
+    FRACTION,
+    LR_SCHEDULES,
+    NON_NEGATIVE,
+    OPTIMIZERS,
+    POOLINGS,
+    POSITIVE,
+    PRECISIONS,
+    STRATEGIES,
+    UNFREEZE_SCHEDULES,
+    Interval,
+    check_field,
+    require,
+)
+from tfft.fields import setting as _f
 
 
 @dataclass(frozen=True)
@@ -262,39 +233,18 @@ def validate(config: Config) -> Config:
     d, m, h, r = config.data, config.model, config.head, config.run
     for flag in ("dataset", "test_dataset") if d.test_dataset else ("dataset",):
         kind, colon, _ = str(getattr(d, flag)).partition(":")
-        _require(bool(colon) and kind in DATASET_KINDS, flag,
+        require(bool(colon) and kind in DATASET_KINDS, flag,
                  "tfds:NAME, folder:PATH, npz:PATH or sample:mnist", getattr(d, flag))
     flat = config.flat()
     for name, f in flag_fields().items():
-        _check_field(f, flat[name])
-    _require(d.validation_fraction + d.test_fraction < 1.0, "validation_fraction",
+        check_field(f, flat[name])
+    require(d.validation_fraction + d.test_fraction < 1.0, "validation_fraction",
              "validation_fraction + test_fraction < 1",
              d.validation_fraction + d.test_fraction)
-    _require(m.weights != "", "weights", "imagenet, none or a file path", "''")
-    _require(r.strategy != "tpu" or bool(r.tpu), "tpu", "a TPU address or 'local'", "''")
+    require(m.weights != "", "weights", "imagenet, none or a file path", "''")
+    require(r.strategy != "tpu" or bool(r.tpu), "tpu", "a TPU address or 'local'", "''")
     if config.finetune.finetune_learning_rate == 0.0:
         auto = h.head_learning_rate == AUTO_LR
         config = config.replace(
             finetune_learning_rate=AUTO_LR if auto else h.head_learning_rate / 10)
     return config
-
-
-def _check_field(f: dataclasses.Field, value: Any) -> None:
-    """Applies a field's metadata rules to its value, or to each element of a tuple field."""
-    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
-    for item in value if isinstance(f.default, tuple) else (value,):
-        if "auto" in f.metadata and item == f.metadata["auto"]:
-            continue
-        if choices is not None:
-            _require(item in choices, f.name, "one of " + ", ".join(choices), item)
-        if bounds is not None:
-            _require(bounds.admits(item), f.name, bounds.describe(), item)
-
-
-def _require(ok: bool, flag: str, expected: str, received: Any) -> None:
-    if not ok:
-        raise UserError(f"--{flag}: expected {expected}; received {received!r}.")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
