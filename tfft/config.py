@@ -158,6 +158,11 @@ class RunConfig:
         "(0 = off).", Interval(high=1.0))
     cache_dir: str = _f("", "Directory of the disk feature cache (empty = "
                         "~/.cache/tfft/features, or under $XDG_CACHE_HOME when set).")
+    cache_max_gb: float = _f(20.0, "Size limit of the disk feature cache in GB; least recently "
+                             "used entries are removed beyond it (0 = no limit).", NON_NEGATIVE)
+    keep_checkpoints: bool = _f(False, "Keep the last checkpoint of each phase when the run "
+                                "completes (by default a finished run keeps model.keras, the "
+                                "export and its records only).")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,67 @@
+"""Disk space: checked before large writes, and a full disk reported as one line.
+
+A run that fills the disk half-way through writing a checkpoint, a feature-cache entry, a record
+or an export must end as a user error (one line, exit 2) that names the path, never a traceback:
+the last good checkpoint and records stay valid (every write goes to a temporary name first), and
+the same command continues once space is freed. Before the large writes, the size is estimated
+and compared with the free space where it goes, so the work that would be lost is not started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+
+from tfft.errors import UserError
+
+# Headroom kept free beyond an estimate: filesystem metadata, the records written beside it.
+MARGIN_BYTES = 16 << 20
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes (for this user) on the filesystem that holds ``path`` or would hold it."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return shutil.disk_usage(existing).free
+
+
+def check_free(path: str, needed: int, what: str) -> None:
+    """Refuses, before writing, ``needed`` bytes of ``what`` at ``path`` that would not fit."""
+    free = free_bytes(path)
+    if needed + MARGIN_BYTES > free:
+        raise UserError(f"{path}: not enough free space for {what}: needs about "
+                        f"{format_bytes(needed + MARGIN_BYTES)}, {format_bytes(free)} free; free "
+                        "some space (or write elsewhere) and run the same command again.")
+
+
+def format_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as ``df -H`` prints them)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC from Python's own I/O, or TensorFlow's error for it (a checkpoint, a SavedModel)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return type(err).__name__ == "ResourceExhaustedError" and "No space" in str(err)
+
+
+@contextlib.contextmanager
+def reporting_full_disk(path: str, what: str) -> Iterator[None]:
+    """Turns a full disk while writing ``what`` at ``path`` into one line (exit 2)."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        raise UserError(f"{path}: the disk is full (writing {what}); the last complete "
+                        "checkpoint and records are kept: free some space and run the same "
+                        "command again.") from None
