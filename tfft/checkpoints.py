@@ -6,6 +6,11 @@ holds every model variable (including dropout seed-generator states) and the opt
 ``progress.json`` records the phase, epoch, step within the epoch, the epoch-level history and
 early-stopping state. The checkpoint is written first and the progress record (atomically)
 second, so the record never points to a checkpoint that does not exist.
+
+Checkpoints do not pile up: each phase keeps its newest (plus its best epoch's while early
+stopping is on); a finished phase keeps only its final weights, without optimizer slots, until
+the next phase's first checkpoint holds them; a completed run removes them all unless
+``--keep_checkpoints``.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import tensorflow as tf
 
-from tfft import rundir
+from tfft import diskspace, rundir
 from tfft.config import Config, RunConfig
 from tfft.errors import UserError
 
@@ -98,29 +104,84 @@ def prepare_workdir(workdir: str, config: Config, overwrite: bool,
 
 
 class PhaseCheckpointer:
-    """Saves and restores one phase's model + optimizer state under ``checkpoints/<phase>``."""
+    """Saves and restores one phase's model (+ optimizer) state under ``checkpoints/<name>``.
 
-    def __init__(self, workdir: str, phase: str, model_variables: list,
+    Checkpoints are numbered ``ckpt-N``; an older one is removed only once the progress record
+    no longer points to it (``prune``), so a crash or a full disk between writing a checkpoint
+    and its record always leaves the record's checkpoint in place.
+    """
+
+    def __init__(self, workdir: str, name: str, model_variables: list,
                  optimizer_variables: list):
         self.workdir = workdir
+        self.directory = os.path.join(workdir, CHECKPOINTS, name)
+        variables = [_tf_variable(v) for v in [*model_variables, *optimizer_variables]]
+        self.size_bytes = sum(v.shape.num_elements() * v.dtype.size for v in variables)
         self._checkpoint = tf.train.Checkpoint(
             model=[_tf_variable(v) for v in model_variables],
             optimizer=[_tf_variable(v) for v in optimizer_variables])
-        self._manager = tf.train.CheckpointManager(
-            self._checkpoint, os.path.join(workdir, CHECKPOINTS, phase), max_to_keep=2)
+        self._checkpoint.save_counter  # noqa: B018 - created now, so it is written and restored
 
     def save_checkpoint(self) -> str:
-        """Writes a checkpoint; returns its path relative to the run directory."""
-        return os.path.relpath(self._manager.save(), self.workdir)
+        """Writes a checkpoint; returns its path relative to the run directory. A full disk is
+        one line, and the half-written checkpoint is removed (TensorFlow leaves it)."""
+        numbers = [int(m.group(1)) for m in map(_CKPT.fullmatch, _listdir(self.directory)) if m]
+        prefix = os.path.join(self.directory, f"ckpt-{max(numbers, default=0) + 1}")
+        try:
+            with diskspace.reporting_full_disk(self.directory, "a checkpoint"):
+                path = self._checkpoint.write(prefix)
+        except BaseException:
+            for name in _listdir(self.directory):
+                if name.startswith(os.path.basename(prefix)):
+                    _remove(os.path.join(self.directory, name))
+            raise
+        return os.path.relpath(path, self.workdir)
 
     def save(self, progress: Progress) -> None:
-        """Writes a checkpoint, then the progress record that points to it."""
+        """Writes a checkpoint, then the progress record that points to it, then removes the
+        checkpoints the record no longer names."""
         progress.checkpoint = self.save_checkpoint()
         rundir.write_json(os.path.join(self.workdir, PROGRESS), dataclasses.asdict(progress))
+        prune(self.workdir, progress)
 
     def restore(self, progress: Progress) -> None:
         self._checkpoint.restore(os.path.join(self.workdir, progress.checkpoint)) \
             .assert_existing_objects_matched()
+
+
+_CKPT = re.compile(r"ckpt-(\d+)\.index")
+
+
+def prune(workdir: str, progress: Progress) -> None:
+    """Removes every checkpoint file (and emptied directory) the record does not point to."""
+    keep = {os.path.join(workdir, p) for p in (progress.checkpoint, progress.best_checkpoint)
+            if p}
+    root = os.path.join(workdir, CHECKPOINTS)
+    for directory in _listdir(root):
+        folder = os.path.join(root, directory)
+        for name in _listdir(folder):
+            path = os.path.join(folder, name)
+            if not any(path.startswith(prefix + ".") for prefix in keep):
+                _remove(path)
+        if not _listdir(folder):
+            os.rmdir(folder)
+
+
+def remove_checkpoints(workdir: str) -> None:
+    """Deletes every checkpoint of a run (a finished run is never resumed)."""
+    shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
+
+
+def _listdir(path: str) -> list[str]:
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def _remove(path: str) -> None:
+    """A checkpoint's file, or a directory TensorFlow left from an interrupted write."""
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.remove(path)
 
 
 class RunProgress:

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfft import checkpoints, loop, phases, progress, rundir, schedules
+from tfft import checkpoints, diskspace, loop, phases, progress, rundir, schedules
 from tfft.callbacks import PhaseTimings, RunCallback
 from tfft.classifier import count_params
 from tfft.config import AUTO_LR
@@ -85,6 +85,7 @@ class PhaseRunner:
             workdir, plan.phase, plan.variables, [v for o in self.optimizers for v in o.variables])
         self.best_saver = checkpoints.PhaseCheckpointer(workdir, f"{plan.phase}_best",
                                                         plan.variables, [])
+        self.check_free_space()
         self.loss = loop.make_loss(cfg.label_smoothing)
         self.evaluate = loop.eval_steps(run.strategy, plan.model, self.loss)
         self.steps: loop.Steps | None = None
@@ -184,9 +185,22 @@ class PhaseRunner:
         return record.waited >= patience
 
     def finish(self, record: checkpoints.Progress) -> None:
-        """The phase's final weights (the best epoch's under early stopping), saved as done."""
+        """The phase's final weights (the best epoch's under early stopping), saved as done,
+        without optimizer slots: resuming the next phase needs only the weights."""
+        phase = self.plan.phase
         if record.best_checkpoint:
             checkpoints.restore_model_variables(self.workdir, record.best_checkpoint,
                                                 self.plan.variables)
-        record.done = True
-        self.resume.save(self.saver, record.epoch, 0)
+        record.done, record.best_checkpoint = True, ""
+        final = checkpoints.PhaseCheckpointer(self.workdir, f"{phase}_final",
+                                              self.plan.variables, [])
+        self.resume.save(final, record.epoch, 0)
+
+    def check_free_space(self) -> None:
+        """Refuses up front a phase whose checkpoints cannot fit: two of its checkpoints while
+        the newer replaces the older, the best epoch's and the final weights."""
+        weights = self.best_saver.size_bytes
+        needed = 2 * self.saver.size_bytes + weights * (
+            2 if self.run.config.train.early_stopping_patience else 1)
+        diskspace.check_free(self.saver.directory, needed, f"the {self.plan.phase} phase's "
+                             "checkpoints")

@@ -12,6 +12,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from tfft import diskspace
 from tfft.config import Config
 from tfft.errors import UserError
 
@@ -60,13 +61,14 @@ def write_text(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with diskspace.reporting_full_disk(path, "a record"):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -92,8 +94,14 @@ def save_model(model: Any, path: str) -> None:
     """Saves a Keras model atomically (Keras insists on the ``.keras`` suffix)."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, ".tmp-" + os.path.basename(path))
-    model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        with diskspace.reporting_full_disk(path, "the model"):
+            model.save(tmp)
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_run(workdir: str) -> tuple[Config, keras.Model]:

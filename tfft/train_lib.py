@@ -97,6 +97,8 @@ def run_training(run: phases.RunSetup, workdir: str, callbacks: tuple[RunCallbac
         "test": {"loss": test.mean_loss, "accuracy": test.accuracy, "examples": int(test.count)}}
     rundir.save_model(clf.model, os.path.join(workdir, rundir.MODEL))
     rundir.write_json(os.path.join(workdir, rundir.METRICS), metrics)
+    if not config.run.keep_checkpoints:  # a finished run is never resumed
+        checkpoints.remove_checkpoints(workdir)
     result = RunResult(config, workdir, clf, run.splits, metrics, history, predictions)
     for callback in callbacks:
         callback.on_run_end(result)
