@@ -5,36 +5,43 @@ so the head phase trains on those vectors instead of running the backbone every 
 are written as they stream out of the backbone (into a preallocated array, or appended to a file),
 so extraction never holds more than one copy of them, and a disk entry never holds any in RAM.
 
-A disk entry is a directory named by a key over everything that changes the features (data
-source and its files, split, seed, fractions, caps, backbone, its weights, image size, pooling,
-storage dtype, library versions), so a stale entry is never reused. Entries are written into a
-temporary directory that is renamed into place only when complete: readers see whole entries or
-none, and two processes racing on one key both end with the same entry.
+A disk entry is a directory named by a key (``tfft.cache_keys``) over everything that changes the
+features (data source and its files, split, seed, fractions, caps, backbone, its weights, image
+size, pooling, storage dtype, library versions), so a stale entry is never reused. Entries are
+written into a temporary directory that is renamed into place only when complete: readers see whole
+entries or none, and two processes racing on one key both end with the same entry. Its size is known
+before the backbone runs, so a disk without room for it is refused up front; a disk that fills up
+anyway ends as one line, with the temporary entry removed. Last use, the size limit and locks
+against removal while in use are ``tfft.cache_store``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft import cache_store, diskspace
+from tfft.cache_keys import FORMAT_VERSION, cache_key, key_fields
+from tfft.cache_store import FEATURES_FILE, LABELS_FILE, META_FILE
 from tfft.config import Config
 from tfft.errors import UserError
 
-FORMAT_VERSION = 1
-FEATURES_FILE = "features.bin"
-LABELS_FILE = "labels.bin"
-META_FILE = "meta.json"
+# The key functions are called through this module (``feature_cache.key_fields``).
+__all__ = ["FEATURES_FILE", "LABELS_FILE", "LABEL_DTYPE", "MEMORY_LIMIT_BYTES", "META_FILE",
+           "CachedSplit", "Forward", "cache_key", "entry_bytes", "entry_path", "extract",
+           "inference_fn", "key_fields", "on_disk", "read"]
+
 LABEL_DTYPE = np.dtype("<i4")
 
 # ``--cache_features=auto`` keeps features in RAM up to this size, and streams them to disk above
@@ -65,6 +72,8 @@ class CachedSplit:
     labels: np.ndarray
     features: tf.Tensor | None = None
     path: str = ""
+    # A disk entry's share-locked meta.json: the entry is not removed while this split lives.
+    lock: IO[bytes] | None = field(default=None, repr=False, compare=False)
 
     def batches(self, batch_size: int, *, shuffle_buffer: int = 0, seed: int | None = None,
                 drop_remainder: bool = False) -> tf.data.Dataset:
@@ -115,14 +124,41 @@ def inference_fn(model: keras.Model) -> Forward:
 
 def extract(forward: Forward, batches: Iterable[tuple[tf.Tensor, tf.Tensor]], *, count: int,
             dim: int, dtype: str, entry: str = "", key_fields: dict[str, Any] | None = None,
-            on_batch: Callable[[int], None] | None = None) -> CachedSplit:
+            on_batch: Callable[[int], None] | None = None, cache_max_gb: float = 0.0,
+            say: Callable[[str], None] | None = None) -> CachedSplit:
     """Runs ``forward`` once over ``batches`` of a ``count``-example split.
 
     With ``entry`` the features are appended to a new disk entry there (atomically renamed into
-    place at the end); otherwise they fill one preallocated array.
+    place at the end), after checking that it fits on the disk; then least recently used entries
+    beside it are removed beyond ``cache_max_gb`` (0 = no limit), which ``say`` reports.
+    Otherwise they fill one preallocated array.
     """
-    sink = _DiskSink(entry, dim, dtype, key_fields or {}) if entry else _MemorySink(count, dim,
-                                                                                     dtype)
+    if not entry:
+        return _fill(_MemorySink(count, dim, dtype), forward, batches, on_batch)
+    split = (key_fields or {}).get("split") or os.path.basename(entry).split("-")[0]
+    what = (f"{split} features in the feature cache ({count:,} x {dim:,} {dtype}; "
+            "python -m tfft.cache clear removes old entries)")
+    diskspace.check_free(entry, entry_bytes(count, dim, dtype), what)
+    with diskspace.reporting_full_disk(entry, what):
+        cached = _fill(_DiskSink(entry, dim, dtype, key_fields or {}), forward, batches,
+                       on_batch)
+    removed = cache_store.evict(os.path.dirname(entry), cache_max_gb, keep=entry)
+    if removed and say:
+        freed = diskspace.format_bytes(sum(e.size for e in removed))
+        say(f"Feature cache: removed {len(removed)} least recently used entries ({freed}) to "
+            f"stay within --cache_max_gb={cache_max_gb:g}.")
+    return cached
+
+
+def entry_bytes(count: int, dim: int, dtype: str) -> int:
+    """Bytes of a disk entry's features and labels (its meta.json is a few hundred more)."""
+    return count * (dim * np.dtype(dtype).itemsize + LABEL_DTYPE.itemsize)
+
+
+def _fill(sink: _MemorySink | _DiskSink, forward: Forward,
+          batches: Iterable[tuple[tf.Tensor, tf.Tensor]],
+          on_batch: Callable[[int], None] | None) -> CachedSplit:
+    """Streams the features of ``batches`` into ``sink``; a failure discards what it holds."""
     try:
         for i, (images, labels) in enumerate(batches):
             sink.add(forward(images).numpy(), labels.numpy())
@@ -168,8 +204,11 @@ class _DiskSink:
         parent = os.path.dirname(entry)
         try:
             os.makedirs(parent, exist_ok=True)
-            self.tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(entry)}-")
+            self.tmp = tempfile.mkdtemp(
+                dir=parent, prefix=f"{cache_store.TMP_PREFIX}{os.path.basename(entry)}-")
         except OSError as err:
+            if diskspace.is_disk_full(err):
+                raise
             raise UserError(f"--cache_dir: expected a writable directory for the feature cache; "
                             f"received {parent!r} ({err.strerror or err}).") from None
         self.features = open(os.path.join(self.tmp, FEATURES_FILE), "wb")  # noqa: SIM115
@@ -203,88 +242,42 @@ class _DiskSink:
         return entry
 
     def abort(self) -> None:
+        """Removes the temporary entry; closing may fail again on a full disk, and must not
+        hide the first error."""
         for f in (self.features, self.labels):
-            f.close()
+            with contextlib.suppress(OSError):
+                f.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- disk entries and keys
+# ---------------------------------------------------------------- disk entries
 
 
 def read(entry: str, key: str) -> CachedSplit | None:
-    """The complete entry for ``key`` at ``entry``, or None when absent, foreign or truncated."""
+    """The complete entry for ``key`` at ``entry``, or None when absent, foreign or truncated.
+
+    The split holds the entry (see ``cache_store.hold``) while it lives, and the entry is marked
+    as just used, so the size limit removes entries nobody has used for longest.
+    """
+    lock = cache_store.hold(entry)
+    if lock is None:
+        return None
     try:
-        with open(os.path.join(entry, META_FILE)) as f:
-            meta = json.load(f)
+        meta = json.load(lock)
         labels = np.fromfile(os.path.join(entry, LABELS_FILE), LABEL_DTYPE)
         size = os.path.getsize(os.path.join(entry, FEATURES_FILE))
-    except (OSError, ValueError):
+        count, dim, dtype = meta.get("count"), meta.get("dim"), meta.get("dtype")
+        complete = (meta.get("format") == FORMAT_VERSION and meta.get("key") == key
+                    and len(labels) == count and size == count * dim * np.dtype(dtype).itemsize)
+    except (OSError, ValueError, TypeError, AttributeError):
+        complete = False
+    if not complete:
+        lock.close()
         return None
-    count, dim, dtype = meta.get("count"), meta.get("dim"), meta.get("dtype")
-    if (meta.get("format") != FORMAT_VERSION or meta.get("key") != key or len(labels) != count
-            or size != count * dim * np.dtype(dtype).itemsize):
-        return None
-    return CachedSplit(count, dim, dtype, labels.astype(np.int32), path=entry)
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/tfft/features``, else ``~/.cache/tfft/features``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tfft", "features")
+    cache_store.touch(entry)
+    return CachedSplit(count, dim, dtype, labels.astype(np.int32), path=entry, lock=lock)
 
 
 def entry_path(config: Config, split: str, key: str) -> str:
     """Where the entry of ``key`` lives: ``<cache_dir>/<split>-<key prefix>``."""
-    root = config.run.cache_dir or default_cache_dir()
-    return os.path.join(os.path.abspath(os.path.expanduser(root)), f"{split}-{key[:32]}")
-
-
-def cache_key(fields: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of the key fields."""
-    text = json.dumps(fields, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def key_fields(config: Config, split: str, identity: dict[str, str],
-               features: keras.Model) -> dict[str, Any]:
-    """Everything that changes the features of ``split`` (see the module docstring)."""
-    d, m = config.data, config.model
-    return {
-        "format": FORMAT_VERSION, "split": split, "dataset": d.dataset,
-        "source_files": source_stamp(d.dataset), "test_dataset": d.test_dataset,
-        "tfds_data_dir": d.tfds_data_dir, "seed": config.train.seed,
-        "validation_fraction": d.validation_fraction, "test_fraction": d.test_fraction,
-        "max_train_examples": d.max_train_examples, "max_eval_examples": d.max_eval_examples,
-        "image_size": d.image_size, "backbone": m.backbone, "weights": m.weights,
-        "alpha": m.alpha, "hub_handle": m.hub_handle, "pooling": m.pooling,
-        "identity": identity, "weights_digest": weights_digest(features),
-        "feature_shape": list(features.output.shape[1:]), "cache_dtype": config.train.cache_dtype,
-        "mixed_precision": config.train.mixed_precision, "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-    }
-
-
-def weights_digest(model: keras.Model) -> str:
-    """sha256 over the model's weight values, so any change of weights makes a new key."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(weight.path.encode())
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-    return digest.hexdigest()
-
-
-def source_stamp(dataset: str) -> str:
-    """Size and mtime of a local source's files (npz file, image folder); '' otherwise.
-
-    TFDS datasets are versioned and immutable, and the bundled sample ships with the package.
-    """
-    kind, _, path = dataset.partition(":")
-    if kind not in ("npz", "folder") or not os.path.exists(path):
-        return ""
-    digest = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
-    for name in files:
-        stat = os.stat(name)
-        digest.update(f"{os.path.relpath(name, path)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()
+    return os.path.join(cache_store.cache_root(config.run.cache_dir), f"{split}-{key[:32]}")
