@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import json
 import os
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from cache_entries import TICK_S, entry_of, names, write_entry
 from conftest import tiny_config
 
-from tfft import feature_cache, train_lib
+from tfft import cache_store, diskspace, feature_cache, train_lib
 from tfft.errors import UserError
 
 # Memory and disk entries feed the head identical batches: weights must match to float noise.
@@ -163,3 +170,151 @@ def test_truncated_or_foreign_entries_are_not_read(tmp_path):
     with open(os.path.join(entry, feature_cache.FEATURES_FILE), "r+b") as f:
         f.truncate(8)
     assert feature_cache.read(entry, key) is None
+
+
+# ---------------------------------------------------------------- disk space and the size limit
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` at ``path``; skips the test where it cannot be mounted."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:  # lazily: TensorFlow may close a file of the entry a moment later
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+class FillerFile:
+    """Another writer filling a real small filesystem up, then deleting what it wrote."""
+
+    def __init__(self, base: Path):
+        self.path = base / "filler"
+
+    def fill(self) -> None:
+        with contextlib.suppress(OSError), open(self.path, "wb", buffering=0) as f:
+            while f.write(b"\0" * 65536):
+                pass
+
+    def free(self) -> None:
+        os.remove(self.path)
+
+
+class InjectedFull:
+    """ENOSPC from the entry's features file while ``full`` (where no tmpfs can be mounted)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.is_full = False
+        monkeypatch.setattr(feature_cache, "open", self.open, raising=False)
+
+    def open(self, path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)  # noqa: SIM115 (the caller closes it)
+        return self.Writer(f, self) if path.endswith(feature_cache.FEATURES_FILE) else f
+
+    def fill(self) -> None:
+        self.is_full = True
+
+    def free(self) -> None:
+        self.is_full = False
+
+    class Writer:
+        def __init__(self, file, disk: InjectedFull):
+            self.file, self.disk = file, disk
+
+        def write(self, data: bytes) -> int:
+            if self.disk.is_full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.file.name)
+            return self.file.write(data)
+
+        def __getattr__(self, name: str):
+            return getattr(self.file, name)
+
+
+def test_an_entry_that_would_not_fit_is_refused_before_the_backbone_runs(tmp_path, monkeypatch):
+    cache, real = tmp_path / "cache", diskspace.free_bytes
+    monkeypatch.setattr(diskspace, "free_bytes",
+                        lambda path: 5_000_000 if path.startswith(str(cache)) else real(path))
+    with pytest.raises(UserError) as err:
+        head_run(tmp_path, "full", cache_features="disk", head_epochs=1)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(cache / "train-")), message
+    assert "not enough free space" in message and "5.0 MB free" in message, message
+    assert "needs about 16.8 MB" in message, "64 x 256 float32 features and labels, and margin"
+    assert names(cache) == set(), "nothing written, not even a temporary entry"
+
+
+def test_an_entry_larger_than_a_small_real_filesystem_is_refused(tmp_path):
+    calls = []
+
+    def forward(x):
+        calls.append(len(x))
+        return x
+
+    with tmpfs(tmp_path / "small", "1m") as small:
+        with pytest.raises(UserError, match="not enough free space") as err:
+            write_entry(small / "cache", 1, forward=forward)
+        assert str(err.value).startswith(entry_of(small / "cache", 1)[0])
+        assert calls == [] and names(small / "cache") == set()
+
+
+@pytest.mark.parametrize("disk_kind", ["tmpfs", "injected"])
+def test_a_disk_full_mid_entry_is_one_line_leaves_no_partial_entry_and_is_recomputed(
+        tmp_path, monkeypatch, disk_kind):
+    count, dim = 32, 16384  # 2 MB in 4 batches; the disk fills after the first
+    with contextlib.ExitStack() as stack:
+        if disk_kind == "tmpfs":
+            base = stack.enter_context(tmpfs(tmp_path / "small", "24m"))
+            disk = FillerFile(base)
+        else:
+            base, disk = tmp_path, InjectedFull(monkeypatch)
+        root = base / "cache"
+        entry, key = entry_of(root, 1)
+        with pytest.raises(UserError) as err:
+            write_entry(root, 1, count=count, dim=dim,
+                        on_batch=lambda i: disk.fill() if i == 1 else None)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(entry), message
+        assert "the disk is full" in message and "train features" in message, message
+        assert names(root) == set(), "the partial temporary entry is removed"
+        assert feature_cache.read(entry, key) is None
+        disk.free()
+        assert write_entry(root, 1, count=count, dim=dim) == (entry, key)
+        rows = np.fromfile(os.path.join(entry, feature_cache.FEATURES_FILE), np.float32)
+        np.testing.assert_array_equal(rows, np.full(count * dim, 2.0, np.float32))
+        assert feature_cache.read(entry, key) is not None
+
+
+def test_size_limit_removes_the_least_recently_used_entry_not_the_recently_read_one(tmp_path):
+    root = tmp_path / "cache"
+    first, second = write_entry(root, 1), write_entry(root, 2)
+    assert feature_cache.read(*first) is not None  # now used after the second
+    time.sleep(TICK_S)
+    size = cache_store.dir_bytes(first[0])
+    said: list[str] = []
+    third = write_entry(root, 3, cache_max_gb=2.5 * size / 1e9, say=said.append)
+    assert names(root) == {os.path.basename(first[0]), os.path.basename(third[0])}
+    assert feature_cache.read(*second) is None
+    assert said == [f"Feature cache: removed 1 least recently used entries "
+                    f"({diskspace.format_bytes(size)}) to stay within "
+                    f"--cache_max_gb={2.5 * size / 1e9:g}."]
+
+
+def test_size_limit_keeps_an_entry_in_use_and_the_entry_just_written(tmp_path):
+    root = tmp_path / "cache"
+    first = write_entry(root, 1)
+    held = feature_cache.read(*first)  # a head phase training on it, here or in another process
+    time.sleep(TICK_S)
+    write_entry(root, 2)
+    third = write_entry(root, 3, cache_max_gb=1e-9)  # one byte: no entry fits
+    assert names(root) == {os.path.basename(first[0]), os.path.basename(third[0])}
+    assert held is not None and held.count == 4
+    del held
+    gc.collect()
+    fourth = write_entry(root, 4, cache_max_gb=1e-9)
+    assert names(root) == {os.path.basename(fourth[0])}
