@@ -136,7 +136,7 @@ def extract(forward: Forward, batches: Iterable[tuple[tf.Tensor, tf.Tensor]], *,
     if not entry:
         return _fill(_MemorySink(count, dim, dtype), forward, batches, on_batch)
     split = (key_fields or {}).get("split") or os.path.basename(entry).split("-")[0]
-    what = (f"{split} features in the feature cache ({count:,} x {dim:,} {dtype}; "
+    what = (f"{split} features in the --cache_dir feature cache ({count:,} x {dim:,} {dtype}; "
             "python -m tfft.cache clear removes old entries)")
     diskspace.check_free(entry, entry_bytes(count, dim, dtype), what)
     with diskspace.reporting_full_disk(entry, what):
