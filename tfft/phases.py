@@ -190,7 +190,7 @@ def extract_features(run: RunSetup, ds: tf.data.Dataset, name: str) -> feature_c
     return feature_cache.extract(
         feature_cache.inference_fn(model), batches, count=size, dim=dim,
         dtype=cfg.train.cache_dtype, entry=entry, key_fields=fields,
-        on_batch=bar.update if bar else None)
+        on_batch=bar.update if bar else None, cache_max_gb=cfg.run.cache_max_gb, say=run.say)
 
 
 def use_feature_cache(run: RunSetup) -> bool:
