@@ -94,25 +94,13 @@ def stderr_captured() -> Iterator[None]:
             os.close(saved)
 
 
-def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow now, with its C++ start-up banner kept off the terminal.
-
-    TensorFlow's runtime prints oneDNN/CUDA notices on stderr before any log level applies, which
-    would bury tfft's one-line errors. ``TF_CPP_MIN_LOG_LEVEL`` (unless the user set it) also
-    keeps later C++ notices, such as a failed ``cuInit`` on a machine without GPUs, away.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with stderr_captured():
-        import tensorflow  # noqa: F401
-
-
 def quiet_tensorflow_import() -> None:
-    """Makes the process's first ``import tensorflow``, whenever it comes, as quiet as
-    ``import_tensorflow_quietly``: commands whose modules import TensorFlow at their top
-    (predict, evaluate, export) start without its banner, and those that need no TensorFlow to
-    answer (``--help``, a bad flag) still answer before importing it."""
+    """Makes the process's first ``import tensorflow``, whenever it comes, quiet: TensorFlow's
+    runtime prints oneDNN/CUDA notices on stderr before any log level applies, which would bury
+    tfft's one-line errors, and ``TF_CPP_MIN_LOG_LEVEL`` (unless the user set it) keeps later C++
+    notices, such as a failed ``cuInit`` on a machine without GPUs, away. Commands whose modules
+    import TensorFlow at their top (predict, evaluate, export) start without its banner, and those
+    that need no TensorFlow to answer (``--help``, a bad flag) answer before importing it."""
     if "tensorflow" in sys.modules or any(isinstance(f, QuietTensorFlowFinder)
                                           for f in sys.meta_path):
         return
@@ -167,14 +155,15 @@ def run(main: Callable[..., None], parser: Callable[[list[str]], list[str]] = pa
     """Runs ``main`` under absl with tfft's ``--help`` and error handling.
 
     ``check`` runs first, so bad input is reported before ``main`` builds or writes anything;
-    ``main`` then gets what it returned. TensorFlow is imported quietly here for callers outside
-    the package (``bench``); a ``python -m tfft.*`` command has imported it at start-up.
+    ``main`` then gets what it returned. TensorFlow's first import is made quiet here too for
+    callers outside the package (``bench``), and a command that needs no TensorFlow (``tfft.cache``)
+    never imports it.
     """
 
     def wrapped(_argv: list[str]) -> None:
         try:
             checked = check() if check is not None else None
-            import_tensorflow_quietly()
+            quiet_tensorflow_import()
             quiet_library_logs()
             if check is None:
                 main()

@@ -55,13 +55,15 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def reporting_full_disk(path: str, what: str) -> Iterator[None]:
-    """Turns a full disk while writing ``what`` at ``path`` into one line (exit 2)."""
+def reporting_full_disk(path: str, what: str,
+                        kept: str = "the last complete checkpoint and records are kept",
+                        ) -> Iterator[None]:
+    """Turns a full disk while writing ``what`` at ``path`` into one line (exit 2) that says
+    what is ``kept``."""
     try:
         yield
     except Exception as err:
         if not is_disk_full(err):
             raise
-        raise UserError(f"{path}: the disk is full (writing {what}); the last complete "
-                        "checkpoint and records are kept: free some space and run the same "
-                        "command again.") from None
+        raise UserError(f"{path}: the disk is full (writing {what}); {kept}: free some space "
+                        "and run the same command again.") from None

@@ -63,7 +63,7 @@ def export_model(model: keras.Model, class_names: Sequence[str], config: Config,
     serving = ServingFunctions(model, class_names, config, top_k)
     diskspace.check_free(export_dir, estimated_bytes(model), WHAT)
     archive = _archive(model, serving)
-    with diskspace.reporting_full_disk(export_dir, WHAT):
+    with diskspace.reporting_full_disk(export_dir, WHAT, "no version was written"):
         tmp = publishing.staging_dir(export_dir)
         try:
             _write_version(archive, tmp, serving.class_names, config)

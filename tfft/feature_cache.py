@@ -139,7 +139,7 @@ def extract(forward: Forward, batches: Iterable[tuple[tf.Tensor, tf.Tensor]], *,
     what = (f"{split} features in the --cache_dir feature cache ({count:,} x {dim:,} {dtype}; "
             "python -m tfft.cache clear removes old entries)")
     diskspace.check_free(entry, entry_bytes(count, dim, dtype), what)
-    with diskspace.reporting_full_disk(entry, what):
+    with diskspace.reporting_full_disk(entry, what, "no partial entry is kept"):
         cached = _fill(_DiskSink(entry, dim, dtype, key_fields or {}), forward, batches,
                        on_batch)
     removed = cache_store.evict(os.path.dirname(entry), cache_max_gb, keep=entry)
