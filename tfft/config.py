@@ -41,8 +41,8 @@ from tfft.fields import setting as _f
 class DataConfig:
     """Where images come from and how they are turned into backbone inputs."""
 
-    dataset: str = _f("sample:mnist", "Image source: tfds:NAME, folder:PATH, npz:PATH or "
-                      "sample:mnist (bundled, offline).")
+    dataset: str = _f("sample:mnist", "Image source: tfds:NAME, folder:PATH, csv:FILE, npz:PATH "
+                      "or sample:mnist (bundled, offline).")
     test_dataset: str = _f(
         "", "Optional separate source for the test split (same forms as --dataset).")
     tfds_data_dir: str = _f("", "TFDS data directory (where prepared datasets live).")
@@ -239,7 +239,8 @@ def validate(config: Config) -> Config:
     for flag in ("dataset", "test_dataset") if d.test_dataset else ("dataset",):
         kind, colon, _ = str(getattr(d, flag)).partition(":")
         require(bool(colon) and kind in DATASET_KINDS, flag,
-                 "tfds:NAME, folder:PATH, npz:PATH or sample:mnist", getattr(d, flag))
+                 "tfds:NAME, folder:PATH, csv:FILE, npz:PATH or sample:mnist",
+                getattr(d, flag))
     flat = config.flat()
     for name, f in flag_fields().items():
         check_field(f, flat[name])

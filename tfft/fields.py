@@ -24,7 +24,7 @@ AUGMENTATIONS = ("flip", "rotate", "zoom", "crop")
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DTYPES = ("float32", "float16")
 PRECISIONS = ("float32", "mixed_bfloat16")
-DATASET_KINDS = ("tfds", "folder", "npz", "sample")
+DATASET_KINDS = ("tfds", "folder", "csv", "npz", "sample")
 LR_SCHEDULES = ("constant", "cosine", "one_cycle")
 UNFREEZE_SCHEDULES = ("all_at_once", "gradual")
 # A learning rate of "auto" (flag or Config.replace) is held as this value; the run then picks
