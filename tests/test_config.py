@@ -157,8 +157,8 @@ def test_each_rule_rejects_a_value_outside_with_the_flag_expected_received_wordi
                           "vgg16; received 'vgg61'."),
     ("dataset", "imagenet", "--dataset: expected tfds:NAME, folder:PATH, csv:FILE, npz:PATH or "
                             "sample:mnist; received 'imagenet'."),
-    ("test_dataset", "x:y", "--test_dataset: expected tfds:NAME, folder:PATH, csv:FILE, npz:PATH or "
-                            "sample:mnist; received 'x:y'."),
+    ("test_dataset", "x:y", "--test_dataset: expected tfds:NAME, folder:PATH, csv:FILE, "
+                            "npz:PATH or sample:mnist; received 'x:y'."),
     ("weights", "", "--weights: expected imagenet, none or a file path; received \"''\"."),
     ("strategy", "tpu", "--tpu: expected a TPU address or 'local'; received \"''\"."),
     ("test_fraction", 0.95, "--validation_fraction: expected validation_fraction + "
