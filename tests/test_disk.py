@@ -178,3 +178,49 @@ def test_the_cli_on_a_full_disk_prints_one_line_and_exits_2(tmp_path):
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("tfft: error:"), lines
     assert "disk is full" in lines[0] or "not enough free space" in lines[0]
+
+
+def test_a_full_disk_at_a_cache_entry_is_one_line_and_the_rerun_ends_identically(
+        tmp_path, monkeypatch):
+    """ENOSPC injected when the features file of a disk cache entry is flushed."""
+    config = tiny_config(**RECIPE, cache_features="disk", cache_dir=str(tmp_path / "cache"))
+    reference = str(tmp_path / "reference")
+    train_lib.train_and_evaluate(config.replace(cache_dir=str(tmp_path / "ref_cache")), reference)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if "features.bin" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(UserError, match="disk is full") as caught:
+        train_lib.train_and_evaluate(config, workdir)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert "\n" not in str(caught.value)
+    assert os.listdir(tmp_path / "cache") == [], "no partial entry is kept"
+    train_lib.train_and_evaluate(config, workdir)
+    assert read_metrics(workdir) == read_metrics(reference)
+
+
+def test_a_full_disk_at_the_export_says_how_to_export_the_finished_run(tmp_path):
+    with small_filesystem(str(tmp_path / "fs"), size="32m") as fs:
+        ballast = fill(fs)
+        workdir = str(tmp_path / "run")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        args = ["--flagfile=configs/quickstart.cfg", "--image_size=32", "--head_epochs=1",
+                "--finetune_epochs=0", "--max_train_examples=32", "--max_eval_examples=16",
+                "--verbosity=0", f"--workdir={workdir}", f"--export_dir={fs}/export"]
+        done = subprocess.run([sys.executable, "-m", "tfft.train", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2, done.stderr
+        assert len(lines) == 1 and f"python -m tfft.export --workdir={workdir}" in lines[0], lines
+        assert os.path.exists(os.path.join(workdir, rundir.METRICS))
+        os.remove(ballast)
+        again = subprocess.run([sys.executable, "-m", "tfft.export", f"--workdir={workdir}",
+                                f"--export_dir={fs}/export"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        assert os.path.isfile(os.path.join(fs, "export", "1", "saved_model.pb"))

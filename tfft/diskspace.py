@@ -29,13 +29,25 @@ def free_bytes(path: str) -> int:
     return shutil.disk_usage(existing).free
 
 
+class DiskSpaceError(UserError):
+    """Not enough disk space (refused up front, or the disk filled up): what happened where,
+    and what to run once space is freed."""
+
+    def __init__(self, problem: str, then: str = "run the same command again"):
+        self.problem = problem
+        super().__init__(f"{problem}: free some space (or write elsewhere) and {then}.")
+
+    def retry_with(self, then: str) -> DiskSpaceError:
+        """The same problem, with another command to run once space is freed."""
+        return DiskSpaceError(self.problem, then)
+
+
 def check_free(path: str, needed: int, what: str) -> None:
     """Refuses, before writing, ``needed`` bytes of ``what`` at ``path`` that would not fit."""
     free = free_bytes(path)
     if needed + MARGIN_BYTES > free:
-        raise UserError(f"{path}: not enough free space for {what}: needs about "
-                        f"{format_bytes(needed + MARGIN_BYTES)}, {format_bytes(free)} free; free "
-                        "some space (or write elsewhere) and run the same command again.")
+        raise DiskSpaceError(f"{path}: not enough free space for {what}: needs about "
+                             f"{format_bytes(needed + MARGIN_BYTES)}, {format_bytes(free)} free")
 
 
 def format_bytes(n: float) -> str:
@@ -65,5 +77,4 @@ def reporting_full_disk(path: str, what: str,
     except Exception as err:
         if not is_disk_full(err):
             raise
-        raise UserError(f"{path}: the disk is full (writing {what}); {kept}: free some space "
-                        "and run the same command again.") from None
+        raise DiskSpaceError(f"{path}: the disk is full (writing {what}); {kept}") from None

@@ -8,6 +8,7 @@ from absl import flags
 
 from tfft import cli, rundir
 from tfft.config import Config, validate
+from tfft.diskspace import DiskSpaceError
 from tfft.flags import config_from_flags, define_config_flags
 
 FLAGS = flags.FLAGS
@@ -35,9 +36,8 @@ def check_flags() -> Config:
 
 def main(config: Config) -> None:
     """Trains ``config`` (checked by ``check_flags`` before TensorFlow was imported)."""
-    from tfft import distribute, train_lib
+    from tfft import train_lib
 
-    distribute.configure_cpu_devices(config.run.cpu_devices)
     result = train_lib.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
     minimum = config.run.assert_min_accuracy
     if minimum and result.test_accuracy < minimum:
@@ -50,8 +50,12 @@ def main(config: Config) -> None:
         from tfft.export import export_model
 
         export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, rundir.EXPORT)
-        version_dir = export_model(result.classifier.model, result.class_names, result.config,
-                                   export_dir, FLAGS.top_k)
+        try:
+            version_dir = export_model(result.classifier.model, result.class_names,
+                                       result.config, export_dir, FLAGS.top_k)
+        except DiskSpaceError as err:  # a finished run is not trained again: export it then
+            raise err.retry_with(f"export the finished run with python -m tfft.export "
+                                 f"--workdir={FLAGS.workdir}") from None
         if config.run.verbosity:
             print(f"Exported SavedModel: {version_dir}")
 
