@@ -224,3 +224,32 @@ def test_a_full_disk_at_the_export_says_how_to_export_the_finished_run(tmp_path)
                                capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr
         assert os.path.isfile(os.path.join(fs, "export", "1", "saved_model.pb"))
+
+
+def test_the_cache_size_limit_through_the_cli_keeps_the_newest_entries(tmp_path):
+    """Two runs at two image sizes into one small cache: the second run's entries push the
+    first run's least recently used one out, and ``tfft.cache list`` shows what is left."""
+    cache = str(tmp_path / "cache")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def train(size: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tfft.train", "--flagfile=configs/quickstart.cfg",
+             f"--image_size={size}", "--head_epochs=1", "--finetune_epochs=0",
+             "--max_train_examples=64", "--max_eval_examples=32", "--cache_features=disk",
+             f"--cache_dir={cache}", "--cache_max_gb=0.00015", "--export=false",
+             f"--workdir={tmp_path / str(size)}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    first = train(32)
+    assert first.returncode == 0, first.stderr
+    assert len(os.listdir(cache)) == 2
+    second = train(40)
+    assert second.returncode == 0, second.stderr
+    assert "least recently used" in second.stdout
+    listing = subprocess.run([sys.executable, "-m", "tfft.cache", "list", f"--cache_dir={cache}"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    rows = [line.split() for line in listing.stdout.splitlines() if "sample:mnist" in line]
+    kept = sorted((row[-3], row[-4]) for row in rows)  # (image size, split) of each entry
+    assert kept == [("32", "validation"), ("40", "train"), ("40", "validation")], listing.stdout
