@@ -251,5 +251,5 @@ def test_the_cache_size_limit_through_the_cli_keeps_the_newest_entries(tmp_path)
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr
     rows = [line.split() for line in listing.stdout.splitlines() if "sample:mnist" in line]
-    kept = sorted((row[-3], row[-4]) for row in rows)  # (image size, split) of each entry
+    kept = sorted((row[-2], row[-5]) for row in rows)  # (image size, split) of each entry
     assert kept == [("32", "validation"), ("40", "train"), ("40", "validation")], listing.stdout
