@@ -12,15 +12,17 @@ import: it also names the preprocessing functions and the source helpers they us
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
 from tfft.config import DataConfig
 from tfft.errors import UserError
+from tfft.image_files import list_image_folder
 from tfft.preprocess import (
     ENCODED,
     Normalizer,
@@ -29,7 +31,8 @@ from tfft.preprocess import (
     preprocess_images,
     to_rgb,
 )
-from tfft.sources import carve, list_image_folder, load_source
+from tfft.raw_splits import SPLITS, RawSplits, carve
+from tfft.sources import load_source
 
 __all__ = [
     "ENCODED", "Normalizer", "Splits", "carve", "decode_image", "list_image_folder",
@@ -45,6 +48,9 @@ class Splits:
     file's path, or for TFDS datasets of varying image sizes ``{ENCODED: the image's bytes}``.
     ``load_images`` reads and decodes the last two after the training shuffle, so its buffer
     never holds decoded photos.
+
+    ``counts`` holds each split's examples per class id, from the labels the source knew (no
+    pass over the images); a split whose labels its source did not know (TFDS) has no entry.
     """
 
     train: tf.data.Dataset
@@ -52,6 +58,7 @@ class Splits:
     test: tf.data.Dataset
     class_names: tuple[str, ...]
     sizes: dict[str, int]
+    counts: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -60,21 +67,35 @@ class Splits:
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     """Reads ``cfg.dataset`` (and ``cfg.test_dataset`` if set) into raw train/val/test splits."""
-    separate_test = bool(cfg.test_dataset)
-    train, validation, test, names = load_source(cfg.dataset, cfg, seed, separate_test)
-    if separate_test:
-        _, _, test, test_names = load_source(cfg.test_dataset, cfg, seed, False, whole=True)
-        if test_names != names:
-            raise UserError(
-                f"--test_dataset: expected the classes of --dataset {list(names)}; "
-                f"received {list(test_names)}."
-            )
-    train = _cap(train, cfg.max_train_examples)
-    validation = _cap(validation, cfg.max_eval_examples)
-    test = _cap(test, cfg.max_eval_examples)
-    sizes = {"train": _size(train), "validation": _size(validation), "test": _size(test)}
-    return Splits(_known_size(train, sizes["train"]), _known_size(validation, sizes["validation"]),
-                  _known_size(test, sizes["test"]), names, sizes)
+    raw = load_source(cfg.dataset, cfg, seed, bool(cfg.test_dataset))
+    if cfg.test_dataset:
+        raw = _with_test(raw, load_source(cfg.test_dataset, cfg, seed, False, whole=True))
+    limits = {"train": cfg.max_train_examples, "validation": cfg.max_eval_examples,
+              "test": cfg.max_eval_examples}
+    capped = {name: _cap(raw.split(name), limits[name]) for name in SPLITS}
+    sizes = {name: _size(ds) for name, ds in capped.items()}
+    counts = {name: _class_counts(labels[:limits[name]] if limits[name] > 0 else labels,
+                                  len(raw.class_names))
+              for name, labels in raw.labels.items()}
+    return Splits(*(_known_size(capped[name], sizes[name]) for name in SPLITS), raw.class_names,
+                  sizes, counts)
+
+
+def _with_test(raw: RawSplits, other: RawSplits) -> RawSplits:
+    """``raw`` with the test split (and its labels) of the ``--test_dataset`` source."""
+    if other.class_names != raw.class_names:
+        raise UserError(
+            f"--test_dataset: expected the classes of --dataset {list(raw.class_names)}; "
+            f"received {list(other.class_names)}."
+        )
+    labels = {name: y for name, y in raw.labels.items() if name != "test"}
+    if "test" in other.labels:
+        labels["test"] = other.labels["test"]
+    return dataclasses.replace(raw, test=other.test, labels=labels)
+
+
+def _class_counts(labels: np.ndarray, num_classes: int) -> tuple[int, ...]:
+    return tuple(int(n) for n in np.bincount(labels, minlength=num_classes)[:num_classes])
 
 
 def make_batches(

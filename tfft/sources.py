@@ -1,30 +1,29 @@
 """Raw image sources -> unbatched (train, validation, test) ``tf.data`` splits and class names.
 
 ``--dataset`` names one of: ``sample:mnist`` (shipped with tfft), ``npz:FILE``, ``folder:DIR``
-(one subfolder per class) or ``tfds:NAME`` (``tfft.tfds_source``). Every source yields examples
-at their stored size; the checks here run before any training, so a bad file is one clear line
-instead of a decoder error minutes into a run.
+(class subfolders, or split folders of them: ``tfft.layouts``), ``csv:FILE`` (paths and labels:
+``tfft.csv_labels``) or ``tfds:NAME`` (``tfft.tfds_source``). Every source yields examples at
+their stored size, with the labels of each split when it knows them (``tfft.raw_splits``); the
+checks run before any training, so a bad file is one clear line instead of a decoder error
+minutes into a run.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import logging
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from tfft.config import DataConfig
+from tfft.csv_labels import from_csv
 from tfft.errors import UserError
+from tfft.layouts import from_folder
+from tfft.raw_splits import SPLITS, RawSplits, carve
 from tfft.tfds_source import load_tfds
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 SAMPLES = {"mnist": "mnist_sample.npz"}
-RawSplits = tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset, tuple[str, ...]]
-
-log = logging.getLogger("tfft")
 
 
 def load_source(spec: str, cfg: DataConfig, seed: int, separate_test: bool,
@@ -42,20 +41,10 @@ def load_source(spec: str, cfg: DataConfig, seed: int, separate_test: bool,
     if kind == "npz":
         return _from_npz(arg, fractions, seed)
     if kind == "folder":
-        return _from_folder(arg, fractions, seed)
+        return from_folder(arg, fractions, seed)
+    if kind == "csv":
+        return from_csv(arg, fractions, seed)
     return load_tfds(arg, cfg.tfds_data_dir or None, fractions)
-
-
-def carve(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
-    """Seeded split of ``range(n)`` into (train, validation, test) index arrays.
-
-    Each part stays in shuffled order, so ``--max_*_examples`` takes a random subset even from
-    sources stored sorted by class.
-    """
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * fractions[0]))
-    n_test = int(round(n * fractions[1]))
-    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
 
 
 def _from_arrays(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
@@ -80,7 +69,8 @@ def _from_npz(path: str, fractions: tuple[float, float], seed: int) -> RawSplits
     n_classes = int(max(p[1].max(initial=0) for p in parts)) + 1
     names = tuple(str(n) for n in arrays.get("class_names", range(n_classes)))
     train, val, test = (_from_arrays(xx[i], yy[i]) for xx, yy, i in parts)
-    return train, val, test, names
+    labels = {name: yy[i].astype(np.int32) for name, (_, yy, i) in zip(SPLITS, parts, strict=True)}
+    return RawSplits(train, val, test, names, labels)
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -103,54 +93,3 @@ def _check_xy(path: str, x: np.ndarray | None, y: np.ndarray | None):
         raise UserError(f"--dataset: expected one non-negative integer label per image in "
                         f"{path!r}; received {len(y)} labels of {y.dtype} for {len(x)} images.")
     return (x[..., None] if x.ndim == 3 else x), y
-
-
-def list_image_folder(root: str) -> tuple[list[str], np.ndarray, tuple[str, ...], int]:
-    """Files and labels of a folder of class subfolders; returns how many files were skipped."""
-    if not os.path.isdir(root):
-        raise UserError(f"--dataset: image folder {root!r} does not exist.")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if len(classes) < 2:
-        raise UserError(f"--dataset: expected at least 2 class subfolders in {root!r}; "
-                        f"received {len(classes)}.")
-    paths, labels, skipped = [], [], 0
-    for label, name in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(os.path.join(root, name))):
-            for fname in sorted(files):
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(dirpath, fname))
-                    labels.append(label)
-                else:
-                    skipped += 1
-    if not paths:
-        raise UserError(f"--dataset: expected JPEG/PNG/BMP/GIF images in the class subfolders "
-                        f"of {root!r}; received none.")
-    for path in paths:
-        _check_image_signature(path)
-    return paths, np.asarray(labels, np.int32), tuple(classes), skipped
-
-
-def _check_image_signature(path: str) -> None:
-    """Refuses a file whose name says image but whose first bytes say otherwise.
-
-    Found now, a corrupt file is one clear line; found by the decoder mid-training, it would
-    be a TensorFlow stack trace after minutes of work.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not head.startswith(IMAGE_SIGNATURES):
-        raise UserError(f"--dataset: {path!r} is not a JPEG/PNG/BMP/GIF image (corrupt or "
-                        f"mislabelled file; its first bytes are {head[:4]!r}).")
-
-
-def _from_folder(root: str, fractions: tuple[float, float], seed: int) -> RawSplits:
-    paths, labels, classes, skipped = list_image_folder(root)
-    if skipped:
-        log.warning("Skipped %d non-image file(s) in %s.", skipped, root)
-    path_array = np.asarray(paths)
-
-    def subset(idx: np.ndarray) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices((path_array[idx], labels[idx]))
-
-    train, val, test = (subset(i) for i in carve(len(paths), fractions, seed))
-    return train, val, test, classes

@@ -16,17 +16,19 @@ import tensorflow as tf
 
 from tfft.errors import UserError
 from tfft.preprocess import ENCODED
+from tfft.raw_splits import RawSplits
 
 DOWNLOAD_HOST = "storage.googleapis.com"
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 
-def load_tfds(
-    name: str, data_dir: str | None, fractions: tuple[float, float]
-) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset, tuple[str, ...]]:
-    """Raw (train, validation, test, class names) of a TFDS dataset, downloaded if need be.
+def load_tfds(name: str, data_dir: str | None, fractions: tuple[float, float]) -> RawSplits:
+    """Raw train, validation and test splits and class names of a TFDS dataset, downloaded if
+    need be.
 
     ``fractions`` (validation, test) carve the splits the dataset lacks from its train split.
+    The labels are not known without reading every record (for ImageNet, 140 GB), so the raw
+    splits carry none and the run's class counts are left out.
     """
     import tensorflow_datasets as tfds
 
@@ -44,7 +46,7 @@ def load_tfds(
                 decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
     cast = _encoded_record if encoded else _cast_label
     train, val, test = (ds.map(cast) for ds in _read(builder, name, data_dir, read))
-    return train, val, test, tuple(label.names)
+    return RawSplits(train, val, test, tuple(label.names))
 
 
 def _builder(name: str, data_dir: str | None):
