@@ -23,13 +23,13 @@ import csv
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tfft import class_counts, metrics, plots, rundir
 from tfft import data as data_lib
-from tfft import metrics, plots, rundir
 from tfft.callbacks import RunCallback, RunResult
 from tfft.checkpoints import PHASES
 from tfft.config import AUTO_LR, Config
@@ -52,6 +52,7 @@ class RunSummary:
     history: History
     parameters: dict[str, int]  # total and per-phase trainable counts
     test_loss: float | None = None
+    counts: class_counts.Counts = field(default_factory=dict)  # examples per class, by split
 
 
 class ReportCallback(RunCallback):
@@ -69,7 +70,7 @@ def write_run_report(result: RunResult) -> dict[str, str]:
     summary = RunSummary(result.config, tuple(result.class_names),
                          result.history or result.metrics.get("phases", {}),
                          result.metrics.get("parameters", {}),
-                         result.metrics.get("test", {}).get("loss"))
+                         result.metrics.get("test", {}).get("loss"), result.splits.counts)
     return write_report(result.workdir, summary, require_test_predictions(result),
                         first_test_images(result))
 
@@ -182,6 +183,7 @@ def report_markdown(workdir: str, summary: RunSummary, rows: list[dict[str, Any]
         f"`{config.train.optimizer}`, seed {config.train.seed}.", "",
         "Settings that differ from the defaults (the full config is in `config.json`):", "",
         "```", *_non_default_flags(config), "```", "",
+        *_data_lines(summary),
         "## Phases", "",
         "| phase | epochs run | learning rate | trainable parameters | epoch time (s) | loss | "
         "accuracy | val_loss | val_accuracy |",
@@ -203,6 +205,16 @@ def report_markdown(workdir: str, summary: RunSummary, rows: list[dict[str, Any]
         f"`tensorboard --logdir {workdir}`.", "",
     ]
     return "\n".join(lines)
+
+
+def _data_lines(summary: RunSummary) -> list[str]:
+    """The examples per class and split, with the imbalance warning the run printed."""
+    table = class_counts.markdown_table(summary.class_names, summary.counts)
+    if not table:
+        return []
+    warning = class_counts.imbalance(summary.class_names, summary.counts)
+    return ["## Data", "", "Examples per class and split:", "", *table, "",
+            *([f"**{warning}**", ""] if warning else [])]
 
 
 def _non_default_flags(config: Config) -> list[str]:

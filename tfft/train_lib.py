@@ -130,12 +130,18 @@ def without_timings(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_summary(run: phases.RunSetup, params: dict[str, int]) -> None:
-    """The run's data, backbone and strategy in three lines."""
+    """The run's data (with its examples per class and split), backbone and strategy in a few
+    lines, and a warning line when the training classes are badly skewed."""
+    from tfft import class_counts  # print_summary's own helper (summary lines and the warning)
+
     config, splits, say = run.config, run.splits, run.say
     replicas = run.strategy.num_replicas_in_sync
     sizes = ", ".join(f"{k} {v:,}" for k, v in splits.sizes.items())
     say(f"Dataset {config.data.dataset}: {sizes} examples; {splits.num_classes} classes "
         f"({', '.join(splits.class_names[:10])}{', …' if splits.num_classes > 10 else ''})")
+    for line in class_counts.summary_lines(splits.class_names, splits.counts):
+        say(line)
+    class_counts.warn_if_imbalanced(splits.class_names, splits.counts)
     say(f"Backbone {config.model.backbone} (weights {config.model.weights}) at "
         f"{config.data.image_size}px; parameters {params['total']:,}; trainable: head phase "
         f"{params['head_trainable']:,}, finetune phase {params['finetune_trainable']:,}")
