@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -284,3 +285,77 @@ def test_augmenter_changes_training_images_only():
     images = tf.random.uniform((4, 32, 32, 3))
     assert aug(images).shape == images.shape
     assert data_lib.make_augmenter((), seed=0) is None
+
+
+# ---------------------------------------------------------------- large images, class counts
+
+
+def shape_recorder():
+    """A normaliser that records the shape of every tensor it normalises."""
+    seen = []
+
+    def normalize(x):
+        seen.append(tuple(x.shape))
+        return x / 255.0
+
+    return normalize, seen
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_large_images_are_resized_before_normalising_small_ones_after(dynamic):
+    """Normalising a 48-megapixel photo first made a float copy four times its decoded size."""
+    large = tf.constant(np.random.default_rng(2).integers(0, 256, (300, 200, 3), np.uint8))
+    small = tf.constant(np.random.default_rng(3).integers(0, 256, (20, 24, 3), np.uint8))
+    for image, first in ((large, (48, 48, 3)), (small, (20, 24, 3))):
+        normalize, seen = shape_recorder()
+        fn = functools.partial(data_lib.preprocess_images, image_size=48, normalize=normalize)
+        if dynamic:
+            fn = tf.function(fn, input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+        out = fn(image).numpy()
+        assert dynamic or seen == [first]
+        reference = tf.image.resize(tf.cast(data_lib.to_rgb(image), tf.float32), (48, 48)) / 255
+        np.testing.assert_allclose(out, reference.numpy(), atol=1e-6)
+    if not dynamic:
+        return
+    graph = fn.get_concrete_function().graph.as_graph_def()
+    assert any(node.op in ("If", "StatelessIf") for node in graph.node), "chosen per image"
+
+
+def test_class_counts_follow_the_labels_of_each_capped_split(tmp_path):
+    x = np.zeros((60, 8, 8), np.uint8)
+    y = np.repeat([0, 1, 2], [40, 15, 5])
+    np.savez(tmp_path / "d.npz", x=x, y=y, class_names=np.array(["a", "b", "c"]))
+    cfg = DataConfig(dataset=f"npz:{tmp_path}/d.npz", validation_fraction=0.2,
+                     test_fraction=0.2, max_train_examples=20, max_eval_examples=5)
+    splits = data_lib.load_splits(cfg, seed=4)
+    for name in ("train", "validation", "test"):
+        seen = np.bincount([int(label) for _, label in getattr(splits, name)], minlength=3)
+        assert splits.counts[name] == tuple(seen), name
+    assert [sum(splits.counts[n]) for n in ("train", "validation", "test")] == [20, 5, 5]
+
+
+def test_class_counts_of_a_separate_test_dataset_and_of_tfds(tmp_path):
+    x = np.zeros((20, 8, 8), np.uint8)
+    np.savez(tmp_path / "tr.npz", x=x, y=np.arange(20) % 2)
+    np.savez(tmp_path / "te.npz", x=x[:7], y=np.array([0, 0, 0, 0, 0, 1, 1]))
+    cfg = DataConfig(dataset=f"npz:{tmp_path}/tr.npz", test_dataset=f"npz:{tmp_path}/te.npz")
+    assert data_lib.load_splits(cfg, 0).counts["test"] == (5, 2)
+    with tfds.testing.mock_data(num_examples=10):
+        assert data_lib.load_splits(DataConfig(dataset="tfds:mnist"), seed=0).counts == {}
+
+
+def test_class_count_lines_and_the_imbalance_warning():
+    from tfft import class_counts
+
+    names = ("ant", "bee", "cat")
+    assert class_counts.summary_lines(names, {"train": (49, 10, 12), "test": (0, 0, 0)}) == [
+        "Examples per class, train: ant 49, bee 10, cat 12"]
+    assert class_counts.imbalance(names, {"train": (49, 10, 12)}) is None
+    assert "ant has 50 examples, bee 10 (5.0x)" in class_counts.imbalance(
+        names, {"train": (50, 10, 12)})
+    assert "bee 0 (none at all)" in class_counts.imbalance(names, {"train": (5, 0, 1)})
+    many = tuple(f"c{i:02d}" for i in range(30))
+    line, = class_counts.summary_lines(many, {"train": tuple(range(1, 31))})
+    assert line == ("Examples per class, train: 1 to 30 over 30 classes; fewest c00 1, c01 2, "
+                    "c02 3; most c29 30, c28 29, c27 28")
+    assert class_counts.markdown_table(names, {}) == []
