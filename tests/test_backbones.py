@@ -119,6 +119,21 @@ def test_hub_handle_that_is_not_a_feature_vector(tmp_path):
         build_backbone(ModelConfig(backbone="hub", hub_handle=str(tmp_path / "maps")), 32)
 
 
+def test_hub_handle_offering_neither_form_says_what_it_offers(tmp_path):
+    """A Keras ``model.export`` directory: a SavedModel with ``serve``, but neither a reusable
+    ``__call__`` (TF2) nor an image_feature_vector/default signature (TF1 Hub format)."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs)).export(
+        str(tmp_path / "exported"), verbose=False)
+    with pytest.raises(UserError) as e:
+        build_backbone(ModelConfig(backbone="hub", hub_handle=str(tmp_path / "exported")), 32)
+    message = str(e.value)
+    assert "offers neither" in message and "TF1 Hub format" in message and "\n" not in message
+    assert "signatures ['serve', 'serving_default']" in message
+
+
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No DNS, and empty Keras / TF-Hub caches: what a machine without network sees."""

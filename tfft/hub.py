@@ -1,7 +1,9 @@
 """The TF-Hub image feature vector as a Keras 3 layer: loading, probing and its blocks.
 
 ``hub.KerasLayer`` subclasses the tf_keras Layer, which Keras 3 models refuse (STACK_FACTS §1),
-so tfft wraps ``hub.load(handle)`` itself. ``tfft.backbones`` turns the layer into a ``Backbone``.
+so tfft wraps ``hub.load(handle)`` itself, in either of its forms (``tfft.hub_module``: a TF2
+reusable SavedModel or a TF1 Hub format signature). ``tfft.backbones`` turns the layer into a
+``Backbone``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from tfft.errors import UserError
+from tfft.hub_module import load_module
 
 BATCHNORM_LEAVES = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -26,24 +29,25 @@ class HubFeatureVector(keras.layers.Layer):
     checkpoints and per-variable unfreezing see them. The module runs in inference mode
     (BatchNorm statistics frozen) unless ``train_batchnorm`` is set: a Keras 3 functional model
     passes its own ``training`` to every layer, whatever the layer was called with when the model
-    was built, so the layer itself must hold this decision.
+    was built, so the layer itself must hold this decision. A TF1 Hub format signature is an
+    inference graph: there ``train_batchnorm`` can only let BatchNorm's scale and offset learn.
     """
 
     def __init__(self, handle: str, train_batchnorm: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.handle = handle
         self.train_batchnorm = train_batchnorm
-        self._module = _load_hub_module(handle)
-        trainable_ids = {id(v) for v in self._module.trainable_variables}
-        self.variable_paths: tuple[str, ...] = ()
+        self._module = load_module(handle)
+        self.form = self._module.form
+        self.input_size = self._module.input_size
         paths = []
         for v in self._module.variables:
             path = v.name.split(":")[0]
             paths.append(path)
             self._track_variable(keras.Variable(
-                initializer=v, trainable=id(v) in trainable_ids, dtype=v.dtype, shape=v.shape,
-                name=_variable_name(path)))
-        self.variable_paths = tuple(paths)
+                initializer=v, trainable=id(v) in self._module.trainable_ids, dtype=v.dtype,
+                shape=v.shape, name=_variable_name(path)))
+        self.variable_paths: tuple[str, ...] = tuple(paths)
         self.built = True
 
     def path_of(self, variable: keras.Variable) -> str:
@@ -55,8 +59,8 @@ class HubFeatureVector(keras.layers.Layer):
         return {_variable_name(p): p for p in self.variable_paths}
 
     def call(self, inputs, training=False):
-        return self._module(
-            inputs, training=self.train_batchnorm and bool(training) and self.trainable)
+        return self._module.call(
+            inputs, self.train_batchnorm and bool(training) and self.trainable)
 
     def get_config(self):
         return {**super().get_config(), "handle": self.handle,
@@ -68,28 +72,13 @@ def _variable_name(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", path)
 
 
-def _load_hub_module(handle: str):
-    import tensorflow_hub as hub
-
-    is_url = handle.startswith(("http://", "https://"))
-    if not is_url and not os.path.isdir(handle):
-        raise UserError(f"--hub_handle: expected a TF-Hub URL or a local SavedModel directory; "
-                        f"received {handle!r} (no such directory).")
-    try:
-        module = hub.load(handle)
-    except Exception as err:  # noqa: BLE001 - URLError, OSError, parse errors
-        hint = " (offline? download it where you have network and pass --hub_handle=/local/dir)"
-        raise UserError(f"--hub_handle: could not load {handle!r}"
-                        f"{hint if is_url else ''}: {str(err).splitlines()[0][:200]}") from None
-    if not callable(module) or not getattr(module, "variables", None):
-        raise UserError(f"--hub_handle: {handle!r} is not a reusable TF-Hub image feature vector "
-                        "(no callable with variables).")
-    return module
-
-
 def load_feature_vector(handle: str, image_size: int) -> HubFeatureVector:
     """The frozen layer of ``handle``, checked to map [batch, S, S, 3] images to [batch, dim]."""
     layer = HubFeatureVector(handle, trainable=False, name="hub_feature_vector")
+    if layer.input_size not in (None, image_size):
+        raise UserError(f"--image_size: expected {layer.input_size} for --hub_handle={handle!r} "
+                        f"({layer.form} takes [batch, {layer.input_size}, {layer.input_size}, 3] "
+                        f"images); received {image_size}.")
     try:
         probe = layer(tf.zeros((1, image_size, image_size, 3)))
     except Exception as err:  # noqa: BLE001 - signature mismatch of a foreign module
