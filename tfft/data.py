@@ -44,10 +44,10 @@ __all__ = [
 class Splits:
     """Raw, unbatched splits of one dataset plus the class names they share.
 
-    Examples are (record, int32 label); a record is a uint8 image, for image folders the
-    file's path, or for TFDS datasets of varying image sizes ``{ENCODED: the image's bytes}``.
-    ``load_images`` reads and decodes the last two after the training shuffle, so its buffer
-    never holds decoded photos.
+    Examples are (record, int32 label); a record is a uint8 image, for image folders and CSV
+    files the file's path, or for TFDS datasets of varying image sizes
+    ``{ENCODED: the image's bytes}``. ``load_images`` reads and decodes the last two after the
+    training shuffle, so its buffer never holds decoded photos.
 
     ``counts`` holds each split's examples per class id, from the labels the source knew (no
     pass over the images); a split whose labels its source did not know (TFDS) has no entry.
