@@ -1,4 +1,5 @@
-"""``python -m tfft.evaluate --workdir=RUN`` (or ``--model=EXPORT_DIR[/<version>]``).
+"""``python -m tfft.evaluate --workdir=RUN`` (or ``--model=EXPORT_DIR[/<version>]``, or
+``--model=.../model.tflite`` / ``.../model.onnx``).
 
 Evaluates a trained classifier on a test split and reports accuracy, per-class precision /
 recall / F1 and the confusion matrix; writes ``evaluation.json`` and
@@ -6,7 +7,9 @@ recall / F1 and the confusion matrix; writes ``evaluation.json`` and
 
 Both kinds of model are evaluated through the same serving computation (``serve_pixels``) on
 raw uint8 images: a run's ``model.keras`` through ``tfft.export.ServingFunctions`` in memory, an
-exported SavedModel through its own signature. So the numbers describe what serving answers.
+exported SavedModel through its own signature, a LiteRT or ONNX file in its runtime
+(``tfft.runtimes``, resizing as an app does). So the numbers describe what serving answers, and
+the accuracy a quantised file keeps is one command.
 The test split is the run's (from ``config.json``, or the config in the export's assets), or
 the whole of ``--test_dataset``.
 """
@@ -20,9 +23,10 @@ from typing import Any
 import tensorflow as tf
 
 from tfft import data as data_lib
-from tfft import export, metrics, plots, rundir
+from tfft import export, metrics, model_files, plots, rundir
 from tfft.config import Config
 from tfft.errors import UserError
+from tfft.export_formats import SAVED_MODEL
 
 EVALUATION_FILE = rundir.EVALUATION
 CONFUSION_FILE = rundir.EVALUATION_CONFUSION_PNG  # the run report keeps its own
@@ -39,24 +43,9 @@ class LoadedModel:
 
 
 def load_for_evaluation(workdir: str = "", model: str = "") -> LoadedModel:
-    """A run's ``model.keras`` (``workdir``) or an exported SavedModel (``model``)."""
+    """A run's ``model.keras`` (``workdir``) or an exported model (``model``)."""
     if model:
-        version_dir = export.resolve_version_dir(model)
-        config_path = os.path.join(version_dir, "assets", export.CONFIG_FILE)
-        if workdir:
-            config_path = os.path.join(workdir, rundir.CONFIG)
-        if not os.path.isfile(config_path):
-            raise UserError(f"--model: expected the run's config at {config_path!r} "
-                            "(pass --workdir=RUN of the exported run).")
-        with open(config_path) as f:
-            config = Config.from_json(f.read())
-        loaded = tf.saved_model.load(version_dir)
-        signature = loaded.signatures.get(export.PIXELS_SIGNATURE)
-        if signature is None:
-            raise UserError(f"--model: {version_dir!r} has no {export.PIXELS_SIGNATURE!r} "
-                            "signature (not a tfft export).")
-        names = _read_labels(version_dir)
-        return LoadedModel(lambda x: signature(pixels=x), config, names, version_dir)
+        return _load_export(model_files.resolve_model(model), workdir)
     if not workdir:
         raise UserError("--workdir/--model: expected a run directory or an exported model; "
                         "received neither.")
@@ -67,12 +56,20 @@ def load_for_evaluation(workdir: str = "", model: str = "") -> LoadedModel:
                        os.path.join(workdir, rundir.MODEL))
 
 
-def _read_labels(version_dir: str) -> tuple[str, ...]:
-    path = os.path.join(version_dir, "assets", export.LABELS_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"--model: expected class names in {path!r}; the file does not exist.")
-    with open(path) as f:
-        return tuple(line.rstrip("\n") for line in f if line.strip())
+def _load_export(model: model_files.ModelPath, workdir: str) -> LoadedModel:
+    """An exported SavedModel through its ``serve_pixels``, or a model file in its runtime."""
+    config = model_files.read_config(model, workdir)
+    names = model_files.read_labels(model)
+    if model.format != SAVED_MODEL:
+        from tfft.runtimes import PortableModel
+
+        return LoadedModel(PortableModel(model).pixels, config, names, model.path)
+    loaded = tf.saved_model.load(model.path)
+    signature = loaded.signatures.get(export.PIXELS_SIGNATURE)
+    if signature is None:
+        raise UserError(f"--model: {model.path!r} has no {export.PIXELS_SIGNATURE!r} "
+                        "signature (not a tfft export).")
+    return LoadedModel(lambda x: signature(pixels=x), config, names, model.path)
 
 
 def load_test_split(config: Config, test_dataset: str = "") -> tf.data.Dataset:
@@ -136,8 +133,9 @@ def define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("workdir", "", "Run directory (config.json, model.keras) to evaluate.")
-    flags.DEFINE_string("model", "", "Exported SavedModel (EXPORT_DIR/<version>, or EXPORT_DIR "
-                        "for its newest version) to evaluate instead of the run's model.keras.")
+    flags.DEFINE_string("model", "", "Exported model to evaluate instead of the run's "
+                        "model.keras: a SavedModel (EXPORT_DIR/<version>, or EXPORT_DIR for its "
+                        "newest version), or a .tflite or .onnx file.")
     flags.DEFINE_string("test_dataset", "", "Evaluate on all of this source (tfds:, folder:, "
                         "npz:, sample:) instead of the run's test split.")
     flags.DEFINE_string("output_dir", "", "Where evaluation.json and "

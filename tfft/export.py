@@ -1,15 +1,20 @@
-"""SavedModel export for TF Serving: raw images in, class names and probabilities out.
+"""Export for serving: a TF Serving SavedModel, a LiteRT ``.tflite`` and an ONNX file.
 
-``python -m tfft.export --workdir=RUN [--export_dir=DIR] [--top_k=5]`` writes ``DIR/<version>/``
-(version = 1 + the highest existing integer version, default ``DIR = RUN/export``), the layout
-TF Serving polls. A version appears by one ``rename`` of a finished temporary directory beside
-it, so a reader never sees a half-written version and an existing version is never replaced
-(``tfft.publishing``). Each weight is stored once. An export that would not fit (the weights
-plus the serving graph, ``estimated_bytes``) is refused before any work, and a disk that fills up
-while writing ends in one line (exit 2) with no version and no temporary directory left behind.
+``python -m tfft.export --workdir=RUN [--format=saved_model|litert|onnx ...] [--quantize=MODE]
+[--litert_preprocess] [--export_dir=DIR] [--top_k=5]`` writes ``DIR/<version>/`` (version = 1 +
+the highest existing integer version, default ``DIR = RUN/export``), the layout TF Serving polls.
+``--format`` repeats or takes a comma list (default ``saved_model``); every format asked for lands
+in the same version: the SavedModel's files, ``model.tflite`` (``tfft.litert_export``) and
+``model.onnx`` (``tfft.onnx_export``), with ``labels.txt`` and ``config.json`` beside the model
+files. A version appears by one ``rename`` of a finished temporary directory beside it, so a
+reader never sees a half-written version or file and an existing version is never replaced
+(``tfft.publishing``). Each weight is stored once. An export that would not fit
+(``estimated_bytes``) is refused before any work, and a disk that fills up while writing ends in
+one line (exit 2) with no version and no temporary directory left behind.
 
-Signatures (``tfft.serving``: all preprocessing is inside the graph and reuses ``tfft.preprocess``
-and the backbone's own normalisation, so serving cannot disagree with training):
+SavedModel signatures (``tfft.serving``: all preprocessing is inside the graph and reuses
+``tfft.preprocess`` and the backbone's own normalisation, so serving cannot disagree with
+training):
 
 - ``serving_default``: ``images`` tf.string [batch] of encoded JPEG/PNG/BMP/GIF bytes, any size,
   gray or colour (what TF Serving's REST API delivers for ``{"b64": ...}``);
@@ -18,64 +23,87 @@ and the backbone's own normalisation, so serving cannot disagree with training):
 Both return ``probabilities`` [batch, classes], ``class_ids`` [batch], ``class_names`` [batch],
 ``top_k_class_names`` and ``top_k_probabilities`` [batch, k]. ``assets/labels.txt`` (one class
 name per line) and ``assets/config.json`` (the run's config) travel with every version.
+The LiteRT and ONNX files take uint8 pixels and return float32 probabilities (``tfft.portable``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfft import data as data_lib
-from tfft import diskspace, publishing, rundir
+from tfft import diskspace, export_formats, publishing, rundir
 from tfft.config import Config
+from tfft.export_formats import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    LITERT,
+    MODEL_FILES,
+    ONNX,
+    SAVED_MODEL,
+    ExportOptions,
+)
 from tfft.publishing import resolve_version_dir, versions
 from tfft.serving import ServingFunctions, check_class_names
+from tfft.tf_logs import quiet_tensorflow_logger
 
-__all__ = ["CONFIG_FILE", "IMAGES_SIGNATURE", "LABELS_FILE", "PIXELS_SIGNATURE",
+__all__ = ["CONFIG_FILE", "IMAGES_SIGNATURE", "LABELS_FILE", "PIXELS_SIGNATURE", "ExportOptions",
            "ServingFunctions", "check_class_names", "define_flags", "estimated_bytes",
            "export_model", "export_run",
            "main", "resolve_version_dir", "run_class_names", "versions"]
 
-LABELS_FILE = "labels.txt"
-CONFIG_FILE = "config.json"
 IMAGES_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "serve_pixels"
-WHAT = "a SavedModel version"
+WHAT = "an export version"
 # saved_model.pb grows with the layers (both signatures trace the model): measured 0.29 MB for
 # VGG16's 30 weight tensors, 1.0 MB for MobileNet's 139 and 2.0 MB for MobileNetV2's 264.
 GRAPH_BYTES_PER_TENSOR = 16 << 10
 GRAPH_BASE_BYTES = 1 << 20
+# Bytes per float32 weight byte in a .tflite file, by --quantize (measured: 1.00, 0.33, 0.54,
+# 0.36 for the quickstart MobileNet; int8 and dynamic keep biases and scales in 32 bits).
+LITERT_WEIGHT_SHARE = {"none": 1.0, "dynamic": 0.4, "float16": 0.55, "int8": 0.4}
 
 
 def export_model(model: keras.Model, class_names: Sequence[str], config: Config,
-                 export_dir: str, top_k: int = 5) -> str:
-    """Writes the next version of ``model`` under ``export_dir``; returns the version dir.
+                 export_dir: str, top_k: int = 5, options: ExportOptions | None = None) -> str:
+    """Writes the next version of ``model`` in ``options.formats`` under ``export_dir``;
+    returns the version dir.
 
     An export that would not fit is refused before any work; a disk that fills up while writing
     ends as one line and leaves neither a version nor a temporary directory behind.
     """
+    options = export_formats.check_options(options or ExportOptions())
     serving = ServingFunctions(model, class_names, config, top_k)
-    diskspace.check_free(export_dir, estimated_bytes(model), WHAT)
-    archive = _archive(model, serving)
+    diskspace.check_free(export_dir, estimated_bytes(model, options.formats, options.quantize),
+                         WHAT)
+    archive = _archive(model, serving) if SAVED_MODEL in options.formats else None
     with diskspace.reporting_full_disk(export_dir, WHAT, "no version was written"):
         tmp = publishing.staging_dir(export_dir)
         try:
-            _write_version(archive, tmp, serving.class_names, config)
+            if archive is not None:
+                _write_version(archive, tmp, serving.class_names, config)
+            _write_model_files(model, tmp, serving.class_names, config, options)
             return publishing.publish(tmp, export_dir)
         finally:
             publishing.discard(tmp)
 
 
-def estimated_bytes(model: keras.Model) -> int:
-    """About what one version takes on disk: each weight once, plus the serving graph."""
+def estimated_bytes(model: keras.Model, formats: Sequence[str] = (SAVED_MODEL,),
+                    quantize: str = "none") -> int:
+    """About what one version takes on disk: each weight once per format (plus the serving
+    graph), and the SavedModel the LiteRT converter reads while it runs (each weight twice)."""
     weights = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
-    return weights + GRAPH_BASE_BYTES + GRAPH_BYTES_PER_TENSOR * len(model.weights)
+    graph = GRAPH_BASE_BYTES + GRAPH_BYTES_PER_TENSOR * len(model.weights)
+    total = weights + graph if SAVED_MODEL in formats else 0
+    if LITERT in formats:
+        total += int(weights * (2 + LITERT_WEIGHT_SHARE[quantize])) + graph
+    if ONNX in formats:
+        total += weights + graph
+    return total
 
 
 def _archive(model: keras.Model, serving: ServingFunctions) -> keras.export.ExportArchive:
@@ -126,7 +154,7 @@ def _as_captured(weights: Sequence[keras.Variable], captured: dict[int, tf.Varia
 def _write_version(archive: keras.export.ExportArchive, tmp: str, class_names: Sequence[str],
                    config: Config) -> None:
     """The SavedModel and its assets, into the temporary directory that ``publish`` renames."""
-    with _quiet_tensorflow_logger():
+    with quiet_tensorflow_logger():
         archive.write_out(tmp, verbose=False)
     assets = os.path.join(tmp, "assets")
     os.makedirs(assets, exist_ok=True)
@@ -140,34 +168,45 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-@contextlib.contextmanager
-def _quiet_tensorflow_logger() -> Iterator[None]:
-    """SavedModel writing logs INFO lines per function and shard; users need none of them.
+def _write_model_files(model: keras.Model, tmp: str, class_names: Sequence[str],
+                       config: Config, options: ExportOptions) -> None:
+    """``model.tflite`` / ``model.onnx`` with ``labels.txt`` and ``config.json`` beside them.
 
-    A filter rather than a level: TensorFlow's saver resets absl's verbosity while it runs.
+    Plain writes into the temporary version directory: ``publish`` renames the whole directory,
+    so no reader ever opens a half-written file under a version number.
     """
-    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
-    only_warnings = _WarningsOnly()
-    for logger in loggers:
-        logger.addFilter(only_warnings)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(only_warnings)
+    portable = [name for name in options.formats if name in MODEL_FILES]
+    if not portable:
+        return
+    os.makedirs(tmp, exist_ok=True)
+    for name in portable:
+        with open(os.path.join(tmp, MODEL_FILES[name]), "wb") as f:
+            f.write(_model_bytes(name, model, tmp, tuple(class_names), config, options))
+    _write(os.path.join(tmp, LABELS_FILE), "\n".join(class_names) + "\n")
+    _write(os.path.join(tmp, CONFIG_FILE), config.to_json() + "\n")
 
 
-class _WarningsOnly(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING
+def _model_bytes(name: str, model: keras.Model, tmp: str, class_names: tuple[str, ...],
+                 config: Config, options: ExportOptions) -> bytes:
+    """One portable file's contents, from its converter (imported only when asked for)."""
+    if name == LITERT:
+        from tfft import litert_export
+
+        return litert_export.tflite_bytes(model, config, options.quantize,
+                                          options.litert_preprocess, tmp)
+    from tfft import onnx_export
+
+    return onnx_export.onnx_bytes(model, config, class_names)
 
 
-def export_run(workdir: str, export_dir: str | None = None, top_k: int = 5) -> str:
+def export_run(workdir: str, export_dir: str | None = None, top_k: int = 5,
+               options: ExportOptions | None = None) -> str:
     """Exports a run directory's ``model.keras``; returns the new version directory."""
+    options = export_formats.check_options(options or ExportOptions())  # before loading
     config, model = rundir.load_run(workdir)
     names = run_class_names(workdir, config)
     return export_model(model, names, config, export_dir or os.path.join(workdir, rundir.EXPORT),
-                        top_k)
+                        top_k, options)
 
 
 def run_class_names(workdir: str, config: Config) -> tuple[str, ...]:
@@ -186,16 +225,21 @@ def run_class_names(workdir: str, config: Config) -> tuple[str, ...]:
 def main() -> None:
     from absl import flags
 
-    flag_values = flags.FLAGS
-    version_dir = export_run(flag_values.workdir, flag_values.export_dir or None,
-                             flag_values.top_k)
-    print(version_dir)
+    values = flags.FLAGS
+    options = ExportOptions(export_formats.parse_formats(values.format), values.quantize,
+                            values.litert_preprocess)
+    print(export_run(values.workdir, values.export_dir or None, values.top_k, options))
 
 
 def define_flags() -> None:
-    """``--workdir``, ``--export_dir``, ``--top_k`` (shared by ``tfft.train``'s export step)."""
+    """``--workdir``, ``--format``, ``--quantize``, ``--litert_preprocess``, ``--export_dir``,
+    ``--top_k``."""
     from absl import flags
 
+    export_formats.define_format_flag(
+        "format", [SAVED_MODEL], f"What to export: {', '.join(export_formats.FORMATS)} (repeat "
+        "the flag or give a comma list); all go into the same version directory.")
+    export_formats.define_litert_flags()
     if "workdir" not in flags.FLAGS:
         flags.DEFINE_string("workdir", "runs/default", "Run directory (config, metrics, model).")
     flags.DEFINE_string("export_dir", "", "Export base directory; versions are written to "

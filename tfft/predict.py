@@ -1,8 +1,12 @@
-"""``python -m tfft.predict --model=EXPORT_DIR[/<version>] IMG...``: top-k classes per image.
+"""``python -m tfft.predict --model=EXPORT_DIR[/<version>][/model.tflite|model.onnx] IMG...``:
+top-k classes per image.
 
-Each image file goes, as its encoded bytes, through the export's ``serving_default`` signature,
-exactly what TF Serving would run. A file that cannot be read or decoded gives one line on
-stderr; the other images are still predicted, and the exit status is then 2.
+For a SavedModel, each image file goes, as its encoded bytes, through the export's
+``serving_default`` signature, exactly what TF Serving would run. A ``.tflite`` or ``.onnx``
+file runs in its own runtime (LiteRT, ONNX Runtime: ``tfft.runtimes``) on the decoded pixels, as
+an app would run it, with the class names of the ``labels.txt`` beside it. A file that cannot
+be read or decoded gives one line on stderr; the other images are still predicted, and the exit
+status is then 2.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ import json
 import sys
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
-from tfft import export
+from tfft import export, model_files
 from tfft.errors import UserError
+from tfft.export_formats import SAVED_MODEL
+from tfft.preprocess import decode_image
 
 FORMATS = ("table", "json")
+PORTABLE_TOP_K = 5  # classes shown for a .tflite/.onnx file when --top_k=0 (they keep no k)
 
 
 @dataclass(frozen=True)
@@ -35,20 +43,16 @@ class Prediction:
 
 
 class Predictor:
-    """An exported model's ``serving_default`` signature, applied to image files."""
+    """An exported model applied to image files: a SavedModel's ``serving_default`` signature,
+    or a ``.tflite`` / ``.onnx`` file in its runtime."""
 
     def __init__(self, model_dir: str, top_k: int = 0):
-        self.model_dir = export.resolve_version_dir(model_dir)
-        try:
-            loaded = tf.saved_model.load(self.model_dir)
-        except Exception as err:  # noqa: BLE001 - parse and op errors of foreign dirs
-            raise UserError(f"--model: could not load {self.model_dir!r} as a SavedModel "
-                            f"({str(err).strip().splitlines()[0][:200]}).") from None
-        self._loaded = loaded  # the signature needs its variables alive
-        self.signature = loaded.signatures.get(export.IMAGES_SIGNATURE)
-        if self.signature is None:
-            raise UserError(f"--model: {self.model_dir!r} has no "
-                            f"{export.IMAGES_SIGNATURE!r} signature.")
+        model = model_files.resolve_model(model_dir)
+        self.model_dir = model.path
+        if model.format == SAVED_MODEL:
+            self.classify = SavedModelClassifier(model.path)
+        else:
+            self.classify = PortableClassifier(model, top_k or PORTABLE_TOP_K)
         self.top_k = top_k
 
     def predict_file(self, path: str) -> Prediction:
@@ -59,14 +63,50 @@ class Predictor:
         except OSError as err:
             raise UserError(f"{path}: cannot read the file ({err.strerror}).") from None
         try:
-            outputs = self.signature(images=tf.constant([encoded]))
+            names, probs = self.classify(encoded)
         except tf.errors.InvalidArgumentError:
             raise UserError(f"{path}: expected a JPEG, PNG, BMP or GIF image; the file "
                             "could not be decoded.") from None
-        names = [n.decode() for n in outputs["top_k_class_names"].numpy()[0]]
-        probs = [float(p) for p in outputs["top_k_probabilities"].numpy()[0]]
         k = self.top_k or len(names)
         return Prediction(path, tuple(names[:k]), tuple(probs[:k]))
+
+
+class SavedModelClassifier:
+    """Encoded image -> the best classes, by the SavedModel's own decoding and top-k."""
+
+    def __init__(self, version_dir: str):
+        try:
+            loaded = tf.saved_model.load(version_dir)
+        except Exception as err:  # noqa: BLE001 - parse and op errors of foreign dirs
+            raise UserError(f"--model: could not load {version_dir!r} as a SavedModel "
+                            f"({str(err).strip().splitlines()[0][:200]}).") from None
+        self.loaded = loaded  # the signature needs its variables alive
+        self.signature = loaded.signatures.get(export.IMAGES_SIGNATURE)
+        if self.signature is None:
+            raise UserError(f"--model: {version_dir!r} has no "
+                            f"{export.IMAGES_SIGNATURE!r} signature.")
+
+    def __call__(self, encoded: bytes) -> tuple[list[str], list[float]]:
+        outputs = self.signature(images=tf.constant([encoded]))
+        names = [n.decode() for n in outputs["top_k_class_names"].numpy()[0]]
+        return names, [float(p) for p in outputs["top_k_probabilities"].numpy()[0]]
+
+
+class PortableClassifier:
+    """Encoded image -> the ``top_k`` best classes of a LiteRT or ONNX file."""
+
+    def __init__(self, model: model_files.ModelPath, top_k: int):
+        from tfft.runtimes import PortableModel
+
+        self.names = model_files.read_labels(model)
+        self.runtime = PortableModel(model)
+        self.top_k = top_k
+
+    def __call__(self, encoded: bytes) -> tuple[list[str], list[float]]:
+        pixels = decode_image(tf.constant(encoded))[tf.newaxis]
+        probs = self.runtime.pixels(pixels)["probabilities"].numpy()[0]
+        best = np.argsort(-probs, kind="stable")[:self.top_k]
+        return [self.names[i] for i in best], [float(probs[i]) for i in best]
 
 
 def format_table(predictions: list[Prediction]) -> str:
@@ -119,7 +159,8 @@ def main(images: list[str]) -> None:
 
     values = flags.FLAGS
     if not values.model:
-        raise UserError("--model: expected an exported model directory; received none.")
+        raise UserError("--model: expected an exported model directory or a .tflite/.onnx "
+                        "file; received none.")
     if values.top_k < 0:
         raise UserError(f"--top_k: expected a number >= 0; received {values.top_k}.")
     if not images:
@@ -154,9 +195,10 @@ def define_flags() -> None:
     """The command's flags, defined only when it runs (importing tfft.predict defines none)."""
     from absl import flags
 
-    flags.DEFINE_string("model", "", "Exported SavedModel: EXPORT_DIR/<version>, or EXPORT_DIR "
-                        "for its newest version.")
-    flags.DEFINE_integer("top_k", 0, "Show this many best classes (0 = all the export returns).")
+    flags.DEFINE_string("model", "", "Exported model: a SavedModel EXPORT_DIR/<version> (or "
+                        "EXPORT_DIR for its newest version), or a .tflite or .onnx file.")
+    flags.DEFINE_integer("top_k", 0, "Show this many best classes (0 = all the SavedModel "
+                         f"returns, {PORTABLE_TOP_K} for a .tflite/.onnx file).")
     flags.DEFINE_enum("format", "table", list(FORMATS), "Output format: table or json.")
 
 

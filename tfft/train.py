@@ -6,7 +6,7 @@ import os
 
 from absl import flags
 
-from tfft import cli, rundir
+from tfft import cli, export_formats, rundir
 from tfft.config import Config, validate
 from tfft.diskspace import DiskSpaceError
 from tfft.flags import config_from_flags, define_config_flags
@@ -20,6 +20,10 @@ flags.DEFINE_string("export_dir", "", "Export base directory; versions go to EXP
                     "(default: WORKDIR/export).")
 flags.DEFINE_integer("top_k", 5, "How many best classes the exported signatures return.",
                      lower_bound=1)
+export_formats.define_format_flag(
+    "export_formats", [export_formats.SAVED_MODEL], "What the export step writes: saved_model, "
+    "litert (float32), onnx (repeat the flag or give a comma list); python -m tfft.export "
+    "--quantize=... writes quantised LiteRT files later.")
 flags.DEFINE_boolean("overwrite", False,
                      "Replace a finished run or one with another config in --workdir "
                      "(an interrupted run with the same config is resumed without it).")
@@ -47,17 +51,21 @@ def main(config: Config) -> None:
             f"--assert_min_accuracy: test accuracy {result.test_accuracy:.4f} is below "
             f"{minimum:g}; nothing exported (run directory {FLAGS.workdir}).")
     if FLAGS.export and result.workdir == FLAGS.workdir:  # other workers ran in a temp dir
-        from tfft.export import export_model
+        from tfft.export import ExportOptions, export_model
 
         export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, rundir.EXPORT)
+        options = ExportOptions(export_formats.parse_formats(FLAGS.export_formats,
+                                                             "--export_formats"))
         try:
             version_dir = export_model(result.classifier.model, result.class_names,
-                                       result.config, export_dir, FLAGS.top_k)
+                                       result.config, export_dir, FLAGS.top_k, options)
         except DiskSpaceError as err:  # a finished run is not trained again: export it then
+            formats = ("" if options.formats == (export_formats.SAVED_MODEL,)
+                       else f" --format={','.join(options.formats)}")
             raise err.retry_with(f"export the finished run with python -m tfft.export "
-                                 f"--workdir={FLAGS.workdir}") from None
+                                 f"--workdir={FLAGS.workdir}{formats}") from None
         if config.run.verbosity:
-            print(f"Exported SavedModel: {version_dir}")
+            print(f"Exported {', '.join(options.formats)}: {version_dir}")
 
 
 if __name__ == "__main__":

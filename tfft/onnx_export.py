@@ -1,0 +1,53 @@
+"""ONNX (``.onnx``) conversion through ``tf2onnx``, the converter Keras's own
+``model.export(format="onnx")`` uses on the TensorFlow backend.
+
+Keras's exporter traces ``model.__call__`` on the model's float input; tfft converts its own
+``tfft.portable`` function instead (uint8 pixels at the model's size in, float32 probabilities
+out, ``training=False``), at opset ``ONNX_OPSET``. The class names travel in the file's metadata
+(``labels``, one per line), beside ``labels.txt``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+
+from tfft import portable
+from tfft.config import Config
+from tfft.errors import UserError
+from tfft.export_formats import ONNX_OPSET
+from tfft.tf_logs import quiet_tensorflow_logger
+
+
+def onnx_bytes(model: keras.Model, config: Config, class_names: tuple[str, ...]) -> bytes:
+    """The serialised ONNX model, with ``labels`` and ``image_size`` in its metadata."""
+    import onnx
+    import tf2onnx
+
+    _numpy2_compatible_tf2onnx()
+    function = portable.pixel_function(model, config)
+    try:
+        with quiet_tensorflow_logger():
+            proto, _ = tf2onnx.convert.from_function(
+                function, input_signature=function.input_signature, opset=ONNX_OPSET)
+    except Exception as err:  # noqa: BLE001 - tf2onnx raises plain exceptions for unsupported ops
+        first = next((s.strip() for s in str(err).splitlines() if s.strip()), type(err).__name__)
+        raise UserError(f"--format=onnx: tf2onnx could not convert the model ({first[:300]})."
+                        ) from None
+    onnx.helper.set_model_props(proto, {"labels": "\n".join(class_names),
+                                        "image_size": str(config.data.image_size),
+                                        "producer": "tfft"})
+    return proto.SerializeToString()
+
+
+def _numpy2_compatible_tf2onnx() -> None:
+    """tf2onnx 1.17 still uses ``np.object`` and numpy-1 casts; Keras ships the patch its own
+    ONNX exporter applies first (a no-op once applied, and absent once tf2onnx is fixed)."""
+    try:
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except ImportError:
+        return
+    with warnings.catch_warnings():  # its hasattr(np, "object") probe warns under numpy 2
+        warnings.simplefilter("ignore", FutureWarning)
+        patch_tf2onnx()

@@ -1,0 +1,63 @@
+"""Library INFO chatter kept off the terminal while a model is written or converted.
+
+The SavedModel writer logs lines per function and shard, tf2onnx logs every rewrite; users need
+none of them, and tfft's own output is one line per export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+FILTERED = ("tensorflow", "absl")
+PARENTS = ("tf2onnx",)  # log through child loggers (tf2onnx.tfonnx, ...), which filters miss
+
+
+@contextlib.contextmanager
+def quiet_tensorflow_logger() -> Iterator[None]:
+    """Only warnings and errors of TensorFlow's, absl's and tf2onnx's loggers get through.
+
+    A filter for TensorFlow's and absl's: TensorFlow's saver resets absl's verbosity while it
+    runs. A level for tf2onnx's parent logger, as its records come from child loggers.
+    """
+    loggers = [logging.getLogger(name) for name in FILTERED]
+    parents = {logger: logger.level for logger in map(logging.getLogger, PARENTS)}
+    only_warnings = WarningsOnly()
+    for logger in loggers:
+        logger.addFilter(only_warnings)
+    for logger in parents:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(only_warnings)
+        for logger, level in parents.items():
+            logger.setLevel(level)
+
+
+class WarningsOnly(logging.Filter):
+    """Lets records of level WARNING and above through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def native_stderr_discarded() -> Iterator[None]:
+    """What C++ code writes to file descriptor 2 is dropped: the LiteRT converter prints its
+    quantiser's settings there, and on failure an MLIR dump whose gist its exception carries
+    (tfft turns that into one line)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
