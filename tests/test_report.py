@@ -203,3 +203,17 @@ def test_report_and_tensorboard_use_the_runs_test_predictions_and_no_model(tmp_p
 def test_a_run_without_test_predictions_says_so():
     with pytest.raises(ValueError, match="test_predictions is None"):
         report.ReportCallback().on_run_end(_finished_run("unused", None))
+
+
+def test_the_predictions_grid_shrinks_large_photos_and_keeps_small_images_as_they_are():
+    """A 48-megapixel test photo drawn as it is took 14 s and 3.4 GB in the grid."""
+    import tensorflow as tf
+
+    large = np.full((2, 1200, 3000, 3), 200, np.uint8)
+    small = np.random.default_rng(0).integers(0, 255, (2, 28, 28, 1), dtype=np.uint8)
+    labels = np.array([0, 1], np.int32)
+    shrunk = report.first_images(tf.data.Dataset.from_tensor_slices((large, labels)))
+    assert [image.shape for image in shrunk] == [(205, 512, 3)] * 2
+    assert shrunk[0].dtype == np.uint8 and int(shrunk[0].max()) == 200
+    kept = report.first_images(tf.data.Dataset.from_tensor_slices((small, labels)))
+    np.testing.assert_array_equal(np.stack(kept), small)
