@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tfft import (
     checkpoints,
+    class_counts,
     distribute,
     fit,
     loop,
@@ -132,8 +133,6 @@ def without_timings(row: dict[str, Any]) -> dict[str, Any]:
 def print_summary(run: phases.RunSetup, params: dict[str, int]) -> None:
     """The run's data (with its examples per class and split), backbone and strategy in a few
     lines, and a warning line when the training classes are badly skewed."""
-    from tfft import class_counts  # print_summary's own helper (summary lines and the warning)
-
     config, splits, say = run.config, run.splits, run.say
     replicas = run.strategy.num_replicas_in_sync
     sizes = ", ".join(f"{k} {v:,}" for k, v in splits.sizes.items())
