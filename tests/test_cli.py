@@ -52,8 +52,11 @@ def test_help_of_every_command_lists_its_tfft_flags_grouped_and_not_absls():
         if sections:
             positions = [out.index(title) for title in SECTIONS + [f"tfft.{command} flags:"]]
             assert positions == sorted(positions), (command, out)
-            assert "Accepts one of: hub, mobilenet, mobilenet_v2, resnet50, vgg16." in " ".join(
-                out.split()), command
+            assert ("Accepts one of: convnext_small, convnext_tiny, efficientnet_v2_b0, "
+                    "efficientnet_v2_b1, efficientnet_v2_b2, efficientnet_v2_b3, "
+                    "efficientnet_v2_s, hub, keras_hub, mobilenet, mobilenet_v2, "
+                    "mobilenet_v3_large, mobilenet_v3_small, resnet50, resnet50_v2, vgg16."
+                    ) in " ".join(out.split()), command
         else:
             assert not any(title in out for title in SECTIONS), (command, out)
 

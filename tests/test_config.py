@@ -153,8 +153,11 @@ def test_each_rule_rejects_a_value_outside_with_the_flag_expected_received_wordi
     ("image_size", 0, "--image_size: expected a positive number; received 0."),
     ("num_gpus", -1, "--num_gpus: expected a number >= 0; received -1."),
     ("head_units", (8, 0), "--head_units: expected a positive number; received 0."),
-    ("backbone", "vgg61", "--backbone: expected one of hub, mobilenet, mobilenet_v2, resnet50, "
-                          "vgg16; received 'vgg61'."),
+    ("backbone", "vgg61", "--backbone: expected one of convnext_small, convnext_tiny, "
+                          "efficientnet_v2_b0, efficientnet_v2_b1, efficientnet_v2_b2, "
+                          "efficientnet_v2_b3, efficientnet_v2_s, hub, keras_hub, mobilenet, "
+                          "mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, resnet50, "
+                          "resnet50_v2, vgg16; received 'vgg61'."),
     ("dataset", "imagenet", "--dataset: expected tfds:NAME, folder:PATH, csv:FILE, npz:PATH or "
                             "sample:mnist; received 'imagenet'."),
     ("test_dataset", "x:y", "--test_dataset: expected tfds:NAME, folder:PATH, csv:FILE, "

@@ -1,10 +1,12 @@
-"""Pretrained backbones: Keras Applications and TF-Hub feature vectors behind one interface.
+"""Pretrained backbones: Keras Applications, TF-Hub modules and KerasHub presets behind one
+interface.
 
 Each backbone knows its own input normalisation, its smallest usable input size and its ordered
 "blocks" (bottom -> top) so the finetune phase can unfreeze the top N of them. This module builds
 them and resolves ``--weights`` (the shipped files first when Keras has no cached copy, one line
 offline); the table of Keras Applications is ``tfft.applications``, the TF-Hub layer ``tfft.hub``
-(``HubFeatureVector`` is named here too, for the code that imports it from here).
+(``HubFeatureVector`` is named here too, for the code that imports it from here), KerasHub
+presets ``tfft.keras_hub_backbone``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
-from tfft import hub
+from tfft import hub, keras_hub_backbone
 from tfft.applications import APPS, BUNDLED_WEIGHTS, App, group_layers
 from tfft.config import ModelConfig
 from tfft.errors import UserError
@@ -49,6 +51,8 @@ def normalizer(cfg: ModelConfig) -> Callable[[tf.Tensor], tf.Tensor]:
     needs it for a saved model; it is the function a built ``Backbone.normalize`` holds)."""
     if cfg.backbone == "hub":
         return hub.normalize
+    if cfg.backbone == "keras_hub":
+        return keras_hub_backbone.normalizer(cfg.preset)
     return APPS[cfg.backbone].normalize
 
 
@@ -60,6 +64,8 @@ def build_backbone(cfg: ModelConfig, image_size: int) -> Backbone:
                         f"{cfg.backbone}; received {image_size}.")
     if cfg.backbone == "hub":
         return _build_hub(cfg, image_size)
+    if cfg.backbone == "keras_hub":
+        return _build_keras_hub(cfg, image_size)
     return _build_app(cfg, image_size)
 
 
@@ -144,3 +150,10 @@ def _build_hub(cfg: ModelConfig, image_size: int) -> Backbone:
     identity = {"backbone": "hub", "hub_handle": cfg.hub_handle,
                 "hub_resolved_path": hub.resolved_path(cfg.hub_handle), "hub_form": layer.form}
     return Backbone("hub", layer, hub.normalize, blocks, True, identity)
+
+
+def _build_keras_hub(cfg: ModelConfig, image_size: int) -> Backbone:
+    layer = keras_hub_backbone.load_features(cfg, image_size)
+    return Backbone("keras_hub", layer, keras_hub_backbone.normalizer(cfg.preset),
+                    keras_hub_backbone.blocks(layer), layer.pools_tokens,
+                    keras_hub_backbone.identity(cfg, layer))

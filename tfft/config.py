@@ -68,6 +68,8 @@ class ModelConfig:
     alpha: float = _f(1.0, "Width multiplier of mobilenet / mobilenet_v2.", POSITIVE)
     hub_handle: str = _f(
         DEFAULT_HUB_HANDLE, "TF-Hub image feature vector (URL or local SavedModel dir).")
+    preset: str = _f("", "KerasHub image backbone preset of --backbone=keras_hub: a preset name, "
+                     "hf://..., kaggle://... or a local preset directory.")
     pooling: str = _f("avg", "How backbone feature maps become a vector.", POOLINGS)
     head_units: tuple[int, ...] = _f(
         (1024,), "Hidden Dense layer sizes of the head.", POSITIVE, element=int)

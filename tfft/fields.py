@@ -16,10 +16,10 @@ from tfft.errors import UserError
 
 DEFAULT_HUB_HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5"
 
-BACKBONES = ("hub", "mobilenet", "mobilenet_v2", "resnet50", "vgg16", "resnet50_v2",
-             "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0",
-             "efficientnet_v2_b1", "efficientnet_v2_b2", "efficientnet_v2_b3", "efficientnet_v2_s",
-             "convnext_tiny", "convnext_small")
+BACKBONES = ("convnext_small", "convnext_tiny", "efficientnet_v2_b0", "efficientnet_v2_b1",
+             "efficientnet_v2_b2", "efficientnet_v2_b3", "efficientnet_v2_s", "hub", "keras_hub",
+             "mobilenet", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "resnet50",
+             "resnet50_v2", "vgg16")
 POOLINGS = ("avg", "max", "flatten")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
