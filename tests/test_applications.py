@@ -113,12 +113,6 @@ def test_families_that_rescale_inside_the_model_take_0_to_255_pixels():
             assert not layers & {"Rescaling", "Normalization"}, name
 
 
-def test_image_size_below_the_minimum_names_the_backbone():
-    with pytest.raises(UserError, match=r"--image_size: expected at least 32 for "
-                                        r"--backbone=convnext_tiny; received 31\."):
-        build_backbone(cfg("convnext_tiny"), 31)
-
-
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No DNS and an empty Keras cache: Keras's ``get_file`` fails at once."""

@@ -37,7 +37,6 @@ class App:
     block_of: Callable[[str], str]
     weights_file: Callable[[float, int], str]  # (alpha, image size) -> the file Keras fetches
     uses_alpha: bool = False
-    min_size: int = 32
 
 
 def group_layers(names: Iterable[str], block_of: Callable[[str], str]

@@ -58,9 +58,8 @@ def normalizer(cfg: ModelConfig) -> Callable[[tf.Tensor], tf.Tensor]:
 
 def build_backbone(cfg: ModelConfig, image_size: int) -> Backbone:
     """Builds the configured backbone; raises UserError for anything the user can fix."""
-    min_size = APPS[cfg.backbone].min_size if cfg.backbone in APPS else MIN_IMAGE_SIZE
-    if image_size < min_size:
-        raise UserError(f"--image_size: expected at least {min_size} for --backbone="
+    if image_size < MIN_IMAGE_SIZE:  # the smallest input every backbone here accepts
+        raise UserError(f"--image_size: expected at least {MIN_IMAGE_SIZE} for --backbone="
                         f"{cfg.backbone}; received {image_size}.")
     if cfg.backbone == "hub":
         return _build_hub(cfg, image_size)
