@@ -5,6 +5,7 @@ which keeps no statistics, trains with its block), normalisation equal to the fa
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 
@@ -47,6 +48,12 @@ def cfg(name: str, **overrides) -> ModelConfig:
     return ModelConfig(**{"backbone": name, "weights": "none", "head_units": (8,), **overrides})
 
 
+@functools.cache
+def built(name: str):
+    """One build per backbone for the tests that only look at it (building takes 1-3 s)."""
+    return build_backbone(cfg(name), SIZE)
+
+
 def params_of(backbone_model: keras.Model, pattern: str) -> int:
     """Trainable-when-unfrozen parameters of the layers named by ``pattern``: every weight of a
     layer that is not BatchNormalization (those stay frozen)."""
@@ -63,7 +70,7 @@ def test_every_keras_application_is_a_backbone_choice():
 @pytest.mark.parametrize("name", list(NEW))
 def test_shapes_counts_and_frozen_batchnorm(name):
     _, channels, top, below = NEW[name]
-    clf = build_classifier(build_backbone(cfg(name), SIZE), 3, cfg(name), SIZE)
+    clf = build_classifier(built(name), 3, cfg(name), SIZE)
     x = tf.random.uniform((2, SIZE, SIZE, 3), 0, 255)
     assert clf.backbone.layer(x).shape == (2, 1, 1, channels)
     assert clf.model(x).shape == (2, 3)
@@ -105,8 +112,7 @@ def test_normalisation_is_the_familys_preprocess_input(name):
 
 def test_families_that_rescale_inside_the_model_take_0_to_255_pixels():
     for name, (family, *_rest) in NEW.items():
-        layers = {type(layer).__name__ for layer in
-                  build_backbone(cfg(name), SIZE).layer.layers[:3]}
+        layers = {type(layer).__name__ for layer in built(name).layer.layers[:3]}
         if family in IN_MODEL_PREPROCESSING:
             assert IN_MODEL_PREPROCESSING[family] in layers, name
         else:
