@@ -65,7 +65,7 @@ class ModelConfig:
 
     backbone: str = _f("mobilenet_v2", "Pretrained backbone under the head.", BACKBONES)
     weights: str = _f("imagenet", "Backbone weights: imagenet, none, or a path to a weights file.")
-    alpha: float = _f(1.0, "Width multiplier of mobilenet / mobilenet_v2.", POSITIVE)
+    alpha: float = _f(1.0, "Width multiplier of mobilenet, mobilenet_v2, mobilenet_v3_*.", POSITIVE)
     hub_handle: str = _f(
         DEFAULT_HUB_HANDLE, "TF-Hub image feature vector (URL or local SavedModel dir).")
     preset: str = _f("", "KerasHub image backbone preset of --backbone=keras_hub: a preset name, "
