@@ -260,17 +260,38 @@ KILL_SCRIPT = textwrap.dedent("""
     workdir, export_dir = sys.argv[1:3]
     config, model = rundir.load_run(workdir)
     names = export.run_class_names(workdir, config)
+    options = export.ExportOptions(("saved_model", "litert", "onnx"))
     print("ready", flush=True)
     while True:
-        export.export_model(model, names, config, export_dir)
+        export.export_model(model, names, config, export_dir, options=options)
 """)
 
 
+def assert_model_files_run(version_dir: str, trained_run: TrainedRun) -> None:
+    """A published version's model.tflite and model.onnx load in their runtimes and answer
+    like the live model (on digits already at the model's size, as apps give them)."""
+    from tfft import model_files, portable
+    from tfft.runtimes import PortableModel
+
+    digits = real_digits(1200, 5)[0][..., None]
+    pixels = portable.model_pixels(tf.constant(digits), trained_run.config.data.image_size)
+    reference = trained_run.reference(list(pixels.numpy()))
+    for name in ("model.tflite", "model.onnx"):
+        runtime = PortableModel(model_files.resolve_model(os.path.join(version_dir, name)))
+        probabilities = runtime.pixels(pixels)["probabilities"].numpy()
+        assert np.max(np.abs(probabilities - reference)) <= 1e-4, name
+
+
 def test_sigkill_at_random_moments_never_leaves_a_broken_version(trained_run, tmp_path):
+    """Every format goes into the temporary version directory, so a kill at any moment (while
+    the SavedModel, the LiteRT file or the ONNX file is written: the kills are spread over an
+    export's ~12 s) leaves no half-written model file under a version number."""
     export_dir = str(tmp_path / "export")
     script = tmp_path / "export_forever.py"
     script.write_text(KILL_SCRIPT)
     rng = np.random.default_rng(5)
+    digits = real_digits(1200, 5)[0][..., None]
+    reference = trained_run.reference(list(digits))
     loadable: set[int] = set()
     for trial in range(3):
         proc = subprocess.Popen([sys.executable, str(script), trained_run.workdir, export_dir],
@@ -278,23 +299,23 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_version(trained_run, tm
                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, cwd=ROOT)
         try:
             assert proc.stdout.readline().strip() == "ready", f"trial {trial}: exporter died"
-            time.sleep(float(rng.uniform(0.1, 4.0)))
+            time.sleep(float(rng.uniform(0.1, 4.0)) + 4.5 * trial)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
         for version in export.versions(export_dir):
             if version not in loadable:
-                loaded = tf.saved_model.load(os.path.join(export_dir, str(version)))
+                version_dir = os.path.join(export_dir, str(version))
+                loaded = tf.saved_model.load(version_dir)
                 assert {"serving_default", "serve_pixels"} <= set(loaded.signatures)
+                assert_model_files_run(version_dir, trained_run)
                 loadable.add(version)
     leftovers = [n for n in os.listdir(export_dir) if n.startswith(".tmp-export-")]
     version_dir = export.export_run(trained_run.workdir, export_dir, top_k=2)
     assert int(os.path.basename(version_dir)) == max(loadable, default=0) + 1
     assert set(os.listdir(export_dir)) == {str(v) for v in export.versions(export_dir)}, (
         f"stale temp dirs of killed exports were not removed (had {leftovers})")
-    digits, _ = real_digits(1200, 5)
     out = tf.saved_model.load(version_dir).signatures["serve_pixels"](
-        pixels=tf.constant(digits[..., None]))
-    reference = trained_run.reference(list(digits[..., None]))
+        pixels=tf.constant(digits))
     assert np.max(np.abs(out["probabilities"].numpy() - reference)) <= 1e-5
     assert out["top_k_class_names"].shape == (5, 2)
