@@ -235,6 +235,7 @@ def test_the_cache_size_limit_through_the_cli_keeps_the_newest_entries(tmp_path)
     def train(size: int) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "tfft.train", "--flagfile=configs/quickstart.cfg",
+             "--backbone=mobilenet", "--alpha=0.25", "--unfreeze_blocks=2",
              f"--image_size={size}", "--head_epochs=1", "--finetune_epochs=0",
              "--max_train_examples=64", "--max_eval_examples=32", "--cache_features=disk",
              f"--cache_dir={cache}", "--cache_max_gb=0.00015", "--export=false",

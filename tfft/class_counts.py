@@ -7,7 +7,6 @@ run: its accuracy can look fine while the small classes are never predicted.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 IMBALANCE_RATIO = 5.0  # largest / smallest training class that earns a warning
@@ -16,7 +15,6 @@ EXTREMES = 3
 
 Counts = dict[str, tuple[int, ...]]  # split -> examples per class id
 
-log = logging.getLogger("tfft")
 
 
 def summary_lines(class_names: Sequence[str], counts: Counts) -> list[str]:
@@ -52,12 +50,6 @@ def imbalance(class_names: Sequence[str], counts: Counts) -> str | None:
     return (f"Imbalanced training split: {class_names[high]} has {large:,} examples, "
             f"{class_names[low]} {small:,} ({ratio}); accuracy can hide how the small classes do "
             f"(see the per-class recall on the test split).")
-
-
-def warn_if_imbalanced(class_names: Sequence[str], counts: Counts) -> None:
-    warning = imbalance(class_names, counts)
-    if warning:
-        log.warning("%s", warning)
 
 
 def markdown_table(class_names: Sequence[str], counts: Counts) -> list[str]:

@@ -140,7 +140,9 @@ def print_summary(run: phases.RunSetup, params: dict[str, int]) -> None:
         f"({', '.join(splits.class_names[:10])}{', …' if splits.num_classes > 10 else ''})")
     for line in class_counts.summary_lines(splits.class_names, splits.counts):
         say(line)
-    class_counts.warn_if_imbalanced(splits.class_names, splits.counts)
+    warning = class_counts.imbalance(splits.class_names, splits.counts)
+    if warning:
+        say(f"Warning: {warning}")
     say(f"Backbone {config.model.backbone} (weights {config.model.weights}) at "
         f"{config.data.image_size}px; parameters {params['total']:,}; trainable: head phase "
         f"{params['head_trainable']:,}, finetune phase {params['finetune_trainable']:,}")
