@@ -66,14 +66,22 @@ def list_image_folder(root: str) -> tuple[list[str], np.ndarray, tuple[str, ...]
     if len(classes) < 2:
         raise UserError(f"--dataset: expected at least 2 class subfolders in {root!r}; "
                         f"received {len(classes)}.")
+    per_class, paths, skipped = checked_images(root, classes)
+    labels = np.repeat(np.arange(len(classes), dtype=np.int32), [len(f) for f in per_class])
+    return paths, labels, tuple(classes), skipped
+
+
+def checked_images(root: str, classes: list[str]) -> tuple[list[list[str]], list[str], int]:
+    """The image files of each class folder of ``root``, all of them, and how many other files
+    were skipped; refuses a folder without images and the first file TensorFlow could not
+    train on."""
     per_class, skipped = list_classes(root, classes)
     paths = [path for files in per_class for path in files]
     if not paths:
         raise UserError(f"--dataset: expected JPEG/PNG/BMP/GIF images in the class subfolders "
                         f"of {root!r}; received none.")
     check_images(paths)
-    labels = np.repeat(np.arange(len(classes), dtype=np.int32), [len(f) for f in per_class])
-    return paths, labels, tuple(classes), skipped
+    return per_class, paths, skipped
 
 
 def check_images(paths: list[str]) -> None:

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from tfft.errors import UserError
-from tfft.image_files import check_images, list_classes, list_image_folder, visible_folders
+from tfft.image_files import checked_images, list_image_folder, visible_folders
 from tfft.raw_splits import LabelledFiles, RawSplits, file_splits, warn_missing_classes
 
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation",
@@ -89,12 +89,7 @@ def split_files(folder: str, classes: tuple[str, ...], train_dir: str
         raise UserError(f"--dataset: expected the class folders of {train_dir!r} in {folder!r}; "
                         f"received also {', '.join(unknown)}, which train/ lacks (add its "
                         f"training images or remove it).")
-    per_class, skipped = list_classes(folder, present)
-    paths = [path for files in per_class for path in files]
-    if not paths:
-        raise UserError(f"--dataset: expected JPEG/PNG/BMP/GIF images in the class subfolders "
-                        f"of {folder!r}; received none.")
-    check_images(paths)
+    per_class, paths, skipped = checked_images(folder, present)
     ids = [classes.index(name) for name in present]
     labels = np.repeat(np.asarray(ids, np.int32), [len(files) for files in per_class])
     return LabelledFiles(paths, labels), skipped
