@@ -5,6 +5,12 @@ Keras's exporter traces ``model.__call__`` on the model's float input; tfft conv
 ``tfft.portable`` function instead (uint8 pixels at the model's size in, float32 probabilities
 out, ``training=False``), at opset ``ONNX_OPSET``. The class names travel in the file's metadata
 (``labels``, one per line), beside ``labels.txt``.
+
+The function is frozen here, not by ``tf2onnx.convert.from_function``: that takes its input
+names from the unfrozen function, where constants a layer captured (EfficientNetV2's
+``Normalization`` mean and variance) are inputs too, so the file demanded them as extra inputs
+(Keras 3.15's own ``model.export(format="onnx")`` does the same). Freezing first turns them into
+constants, and only ``pixels`` is an input.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import warnings
 
 import keras
+import tensorflow as tf
 
 from tfft import portable
 from tfft.config import Config
@@ -26,11 +33,13 @@ def onnx_bytes(model: keras.Model, config: Config, class_names: tuple[str, ...])
     import tf2onnx
 
     _numpy2_compatible_tf2onnx()
-    function = portable.pixel_function(model, config)
+    graph_def, inputs, outputs = _frozen(portable.pixel_function(model, config))
     try:
         with quiet_tensorflow_logger():
-            proto, _ = tf2onnx.convert.from_function(
-                function, input_signature=function.input_signature, opset=ONNX_OPSET)
+            proto, _ = tf2onnx.convert.from_graph_def(
+                graph_def, input_names=inputs, output_names=outputs, opset=ONNX_OPSET,
+                tensors_to_rename={inputs[0]: portable.PIXELS,
+                                   outputs[0]: portable.PROBABILITIES})
     except Exception as err:  # noqa: BLE001 - tf2onnx raises plain exceptions for unsupported ops
         first = next((s.strip() for s in str(err).splitlines() if s.strip()), type(err).__name__)
         raise UserError(f"--format=onnx: tf2onnx could not convert the model ({first[:300]})."
@@ -39,6 +48,21 @@ def onnx_bytes(model: keras.Model, config: Config, class_names: tuple[str, ...])
                                         "image_size": str(config.data.image_size),
                                         "producer": "tfft"})
     return proto.SerializeToString()
+
+
+def _frozen(function: tf.types.experimental.PolymorphicFunction,
+            ) -> tuple[tf.compat.v1.GraphDef, list[str], list[str]]:
+    """The function's graph with every variable and captured tensor as a constant, and its
+    input and output tensor names (what tf2onnx's own ``from_function`` does, minus the
+    captured inputs)."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function(),
+                                               lower_control_flow=False, aggressive_inlining=True)
+    return (frozen.graph.as_graph_def(add_shapes=True), [t.name for t in frozen.inputs],
+            [t.name for t in frozen.outputs])
 
 
 def _numpy2_compatible_tf2onnx() -> None:
