@@ -33,9 +33,9 @@ def onnx_bytes(model: keras.Model, config: Config, class_names: tuple[str, ...])
     import tf2onnx
 
     _numpy2_compatible_tf2onnx()
-    graph_def, inputs, outputs = _frozen(portable.pixel_function(model, config))
     try:
         with quiet_tensorflow_logger():
+            graph_def, inputs, outputs = _frozen(portable.pixel_function(model, config))
             proto, _ = tf2onnx.convert.from_graph_def(
                 graph_def, input_names=inputs, output_names=outputs, opset=ONNX_OPSET,
                 tensors_to_rename={inputs[0]: portable.PIXELS,

@@ -40,10 +40,12 @@ def quiet_tensorflow_logger() -> Iterator[None]:
 
 
 class WarningsOnly(logging.Filter):
-    """Lets records of level WARNING and above through."""
+    """Lets records of level WARNING and above through, except TensorFlow's notices that an
+    API tfft's converters call internally is deprecated (nothing a user can act on)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING
+        return (record.levelno >= logging.WARNING
+                and "is deprecated and will be removed" not in record.getMessage())
 
 
 @contextlib.contextmanager
