@@ -284,6 +284,21 @@ def test_a_model_needing_flex_ops_is_refused_naming_the_op(tmp_path):
                                           "int8").args[0].startswith("--quantize=int8: op FOO")
 
 
+def test_a_model_tf2onnx_cannot_convert_is_refused_naming_the_ops(tmp_path):
+    """Exact GELU (ConvNeXt's activation) lowers to Erfc, which tf2onnx leaves in the graph: a
+    file no runtime loads. It is refused; nothing is published."""
+    inputs = keras.Input((32, 32, 3))
+    hidden = keras.layers.Activation("gelu")(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+    export_dir = str(tmp_path / "export")
+    with pytest.raises(UserError) as err:
+        export.export_model(model, ["a", "b"], tiny_config(), export_dir,
+                            options=ExportOptions((ONNX,)))
+    message = str(err.value)
+    assert "\n" not in message and "ops Erfc at opset" in message, message
+    assert os.listdir(export_dir) == []
+
+
 def test_options_that_would_do_nothing_and_unknown_formats_are_refused(exports):
     model, names = exports.result.classifier.model, exports.result.class_names
     config = exports.result.config

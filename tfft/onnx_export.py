@@ -44,6 +44,12 @@ def onnx_bytes(model: keras.Model, config: Config, class_names: tuple[str, ...])
         first = next((s.strip() for s in str(err).splitlines() if s.strip()), type(err).__name__)
         raise UserError(f"--format=onnx: tf2onnx could not convert the model ({first[:300]})."
                         ) from None
+    unconverted = sorted({node.op_type for node in proto.graph.node
+                          if not onnx.defs.has(node.op_type, node.domain)})
+    if unconverted:  # tf2onnx leaves them in (continue_on_error): no runtime could load the file
+        raise UserError(f"--format=onnx: tf2onnx cannot convert the model's TensorFlow ops "
+                        f"{', '.join(unconverted)} at opset {ONNX_OPSET}; export --format=litert "
+                        f"or saved_model for this backbone.")
     onnx.helper.set_model_props(proto, {"labels": "\n".join(class_names),
                                         "image_size": str(config.data.image_size),
                                         "producer": "tfft"})

@@ -13,15 +13,18 @@ import sys
 from collections.abc import Iterator
 
 FILTERED = ("tensorflow", "absl")
-PARENTS = ("tf2onnx",)  # log through child loggers (tf2onnx.tfonnx, ...), which filters miss
+# Log through child loggers (tf2onnx.tfonnx, ...), which filters miss; tf2onnx's warnings and
+# errors (an optimizer pass skipped, an op it cannot convert) are checked and reported by tfft.
+PARENTS = ("tf2onnx",)
 
 
 @contextlib.contextmanager
 def quiet_tensorflow_logger() -> Iterator[None]:
-    """Only warnings and errors of TensorFlow's, absl's and tf2onnx's loggers get through.
+    """Only warnings and errors of TensorFlow's and absl's loggers get through, none of tf2onnx's.
 
     A filter for TensorFlow's and absl's: TensorFlow's saver resets absl's verbosity while it
-    runs. A level for tf2onnx's parent logger, as its records come from child loggers.
+    runs. A level for tf2onnx's parent logger (nothing below CRITICAL), as its records come
+    from child loggers and ``tfft.onnx_export`` reports what matters in one line.
     """
     loggers = [logging.getLogger(name) for name in FILTERED]
     parents = {logger: logger.level for logger in map(logging.getLogger, PARENTS)}
@@ -29,7 +32,7 @@ def quiet_tensorflow_logger() -> Iterator[None]:
     for logger in loggers:
         logger.addFilter(only_warnings)
     for logger in parents:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
