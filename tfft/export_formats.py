@@ -26,6 +26,7 @@ SUFFIX_FORMATS = {".tflite": LITERT, ".onnx": ONNX}
 LABELS_FILE = "labels.txt"
 CONFIG_FILE = "config.json"
 ONNX_OPSET = 17  # onnxruntime >= 1.13 runs it; tf2onnx 1.17 writes up to 18
+REPRESENTATIVE_IMAGES = 200  # training images --quantize=int8 calibrates on
 
 # What runs a format's file, as (pip package, tfft extra, what it is), and what writes one, as
 # (Python module, pip package) pairs; LiteRT's converter ships with TensorFlow.
@@ -131,8 +132,8 @@ def define_litert_flags() -> None:
 
     flags.DEFINE_enum("quantize", "none", list(QUANTIZE_MODES),
                       "LiteRT weights/activations: none (float32), dynamic (int8 weights), "
-                      "float16, int8 (full-integer, uint8 in and out, calibrated on 200 training "
-                      "images).")
+                      f"float16, int8 (full-integer, uint8 in and out, calibrated on "
+                      f"{REPRESENTATIVE_IMAGES} training images).")
     flags.DEFINE_boolean("litert_preprocess", False,
                          "LiteRT input: uint8 pixels of any size, resized inside the model "
                          "(default: uint8 pixels at the model's size, resized by the caller).")

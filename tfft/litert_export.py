@@ -26,9 +26,9 @@ from tfft import data as data_lib
 from tfft import portable
 from tfft.config import Config
 from tfft.errors import UserError
+from tfft.export_formats import REPRESENTATIVE_IMAGES
 from tfft.tf_logs import native_stderr_discarded, quiet_tensorflow_logger
 
-REPRESENTATIVE_IMAGES = 200
 SOURCE_DIR = ".litert-source"  # the SavedModel the converter reads, inside the staging dir
 # Backbones whose every op has a builtin LiteRT kernel, int8 included (measured 2026-12-01 at
 # 32 px; tests/test_litert_onnx*.py convert the first five and the TF-Hub feature vector).

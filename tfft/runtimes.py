@@ -57,6 +57,7 @@ class LiteRTRunner:
                             f"({str(err).strip().splitlines()[0][:200]}).") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        check_image_input(path, list(self.input["shape_signature"]))
         size = int(self.input["shape_signature"][1])
         self.image_size = size if size > 0 else None
         self.shape: tuple[int, ...] = ()
@@ -70,6 +71,13 @@ class LiteRTRunner:
         self.interpreter.set_tensor(self.input["index"], quantized(batch, self.input))
         self.interpreter.invoke()
         return dequantized(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def check_image_input(path: str, shape: list) -> None:
+    """tfft's files take one [batch, height, width, 3] input; another model's file is refused."""
+    if len(shape) != 4 or shape[-1] != 3:
+        raise UserError(f"--model: expected a tfft export taking uint8 [batch, height, width, 3] "
+                        f"pixels; {path!r} takes an input of shape {list(shape)}.")
 
 
 def quantized(values: np.ndarray, details: dict) -> np.ndarray:
@@ -107,6 +115,7 @@ class OnnxRunner:
             raise UserError(f"--model: could not load {path!r} as an ONNX model "
                             f"({str(err).strip().splitlines()[0][:200]}).") from None
         self.input = self.session.get_inputs()[0].name
+        check_image_input(path, self.session.get_inputs()[0].shape)
         size = self.session.get_inputs()[0].shape[1]
         self.image_size = size if isinstance(size, int) else None
 
