@@ -41,8 +41,9 @@ def key_fields(config: Config, split: str, identity: dict[str, str],
         "alpha": m.alpha, "hub_handle": m.hub_handle, "pooling": m.pooling,
         "identity": identity, "weights_digest": weights_digest(features),
         "feature_shape": list(features.output.shape[1:]), "cache_dtype": config.train.cache_dtype,
-        "mixed_precision": config.train.mixed_precision, "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        # The policy in force (``auto`` resolved), since it changes the features computed.
+        "mixed_precision": keras.mixed_precision.global_policy().name,
+        "tensorflow": tf.__version__, "keras": keras.__version__,
     }
 
 

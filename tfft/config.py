@@ -28,7 +28,9 @@ from tfft.fields import (
     POOLINGS,
     POSITIVE,
     PRECISIONS,
+    PREPROCESS_PLACES,
     STRATEGIES,
+    TRISTATE,
     UNFREEZE_SCHEDULES,
     Interval,
     check_field,
@@ -129,7 +131,8 @@ class TrainConfig:
         "auto", "Head phase on cached backbone features (auto = memory unless augmentation; "
         "disk = keyed files in --cache_dir, reused across runs).", CACHE_MODES)
     mixed_precision: str = _f(
-        "float32", "Compute dtype policy (mixed_bfloat16: TPUs and recent GPUs; slower on CPUs, "
+        "auto", "Compute dtype policy (auto = mixed_bfloat16 on TPUs and GPUs of compute "
+        "capability >= 8.0, mixed_float16 with loss scaling on older GPUs, float32 on CPUs; "
         "STACK_FACTS §8).", PRECISIONS)
     cache_dtype: str = _f("float32", "Storage dtype of cached features (float16: half the "
                           "memory/disk).", CACHE_DTYPES)
@@ -162,6 +165,13 @@ class RunConfig:
                         "~/.cache/tfft/features, or under $XDG_CACHE_HOME when set).")
     cache_max_gb: float = _f(20.0, "Size limit of the disk feature cache in GB; least recently "
                              "used entries are removed beyond it (0 = no limit).", NON_NEGATIVE)
+    jit_compile: str = _f(
+        "auto", "XLA-compile the train and eval steps and the feature pass (auto = on GPUs and "
+        "TPUs, off on CPUs, where XLA is 10-18x slower).", TRISTATE)
+    preprocess_on: str = _f(
+        "auto", "Where images are resized and normalised: host (the tf.data pipeline) or device "
+        "(the model's first ops; the pipeline sends uint8 at source size). auto = device on "
+        "an accelerator, host on CPUs.", PREPROCESS_PLACES)
     keep_checkpoints: bool = _f(False, "Keep the last checkpoint of each phase when the run "
                                 "completes (by default a finished run keeps model.keras, the "
                                 "export and its records only).")

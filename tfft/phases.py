@@ -21,8 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft import accelerator, distribute, feature_cache, progress, schedules
 from tfft import data as data_lib
-from tfft import distribute, feature_cache, progress, schedules
 from tfft.backbones import build_backbone
 from tfft.checkpoints import PHASES
 from tfft.classifier import (
@@ -107,7 +107,7 @@ def setup_run(config: Config, strategy: tf.distribute.Strategy | None = None,
     try:
         keras.utils.set_random_seed(config.train.seed)
         tf.config.experimental.enable_op_determinism()
-        keras.mixed_precision.set_global_policy(config.train.mixed_precision)
+        keras.mixed_precision.set_global_policy(accelerator.precision_policy(config, strategy))
         splits = data_lib.load_splits(config.data, config.train.seed)
         with strategy.scope():
             backbone = build_backbone(config.model, config.data.image_size)
