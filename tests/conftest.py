@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,3 +66,17 @@ def hub_feature_vector(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("hub") / "mobilenet_v2_fv")
     save_feature_vector(wrap_keras_application(base, lambda x: x * 2.0 - 1.0), path)
     return path
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """What a machine without network sees: no DNS, and empty Keras and TF-Hub caches (so
+    Keras's ``get_file`` and ``hub.load`` fail at once). Returns the empty Keras cache."""
+
+    def no_dns(*_args, **_kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub"))
+    return tmp_path / "keras"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import re
-import socket
 
 import keras
 import numpy as np
@@ -119,15 +118,6 @@ def test_families_that_rescale_inside_the_model_take_0_to_255_pixels():
             assert not layers & {"Rescaling", "Normalization"}, name
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No DNS and an empty Keras cache: Keras's ``get_file`` fails at once."""
-
-    def no_dns(*_args, **_kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
 
 
 @pytest.mark.parametrize("name", list(NEW))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -134,16 +132,6 @@ def test_hub_handle_offering_neither_form_says_what_it_offers(tmp_path):
     assert "signatures ['serve', 'serving_default']" in message
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No DNS, and empty Keras / TF-Hub caches: what a machine without network sees."""
-
-    def no_dns(*_args, **_kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub"))
 
 
 def test_imagenet_weights_offline_one_line(offline):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import keras
 import numpy as np
@@ -28,16 +27,6 @@ SHIPPED_SHA256 = "d43c70f8ea04b1087170401b2f4739f41b94200e30892ea8d050ac65779146
 MNIST = os.path.join(SHARED_DATA, "mnist")
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No DNS and an empty Keras cache: only the shipped file can give these weights."""
-
-    def no_dns(*_args, **_kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    return tmp_path / "keras"
 
 
 def mobilenet_v2(weights: str, size: int):
