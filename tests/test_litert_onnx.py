@@ -318,3 +318,19 @@ def test_model_paths_without_a_saved_model_name_the_file_to_pass(exports):
     resolved = model_files.resolve_model(exports.saved_model)
     assert resolved.format == "saved_model" and model_files.read_labels(resolved) == tuple(
         exports.result.class_names)
+
+
+def test_litert_and_onnx_files_on_another_filesystem_predict_like_local_ones(exports, digits):
+    """``ram://`` stands for gs:// and s3://: both runtimes take the file's bytes."""
+    from tfft import fs
+
+    remote = f"ram://tfft-portable-{os.getpid()}/version"
+    fs.upload_tree(exports.saved_model, remote)
+    stored = digits[0][:4]
+    for name in (TFLITE_FILE, ONNX_FILE):
+        local_path = os.path.join(exports.saved_model, name)
+        local_out = PortableModel(model_files.resolve_model(local_path))
+        remote_out = PortableModel(model_files.resolve_model(f"{remote}/{name}"))
+        np.testing.assert_array_equal(local_out.pixels(stored)["probabilities"].numpy(),
+                                      remote_out.pixels(stored)["probabilities"].numpy())
+    fs.rmtree(remote.rsplit("/", 1)[0])

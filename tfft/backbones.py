@@ -11,6 +11,7 @@ presets ``tfft.keras_hub_backbone``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
-from tfft import hub, keras_hub_backbone
+from tfft import fs, hub, keras_hub_backbone
 from tfft.applications import APPS, BUNDLED_WEIGHTS, App, group_layers
 from tfft.config import ModelConfig
 from tfft.errors import UserError
@@ -75,8 +76,9 @@ def _build_app(cfg: ModelConfig, image_size: int) -> Backbone:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = app.constructor(include_top=False, weights=weights,
-                                    input_shape=(image_size, image_size, 3), **kwargs)
+            with _local_weights(weights) as local:
+                model = app.constructor(include_top=False, weights=local,
+                                        input_shape=(image_size, image_size, 3), **kwargs)
         except Exception as err:  # noqa: BLE001 - Keras raises bare Exception for downloads
             raise _weights_error(cfg, weights, err) from None
     for warning in caught:  # only a successful build's warnings are worth showing
@@ -106,10 +108,18 @@ def _resolve_weights(cfg: ModelConfig, app: App, image_size: int
                 importlib.resources.files("tfft") / "weights" / bundled)
             return path, {**identity, "weights_file": path, "weights_sha256": _sha256(path)}
         return "imagenet", identity
-    if not os.path.isfile(cfg.weights):
+    if not fs.isfile(cfg.weights):
         raise UserError(f"--weights: expected imagenet, none or an existing weights file; "
                         f"received {cfg.weights!r}.")
     return cfg.weights, {**identity, "weights_sha256": _sha256(cfg.weights)}
+
+
+def _local_weights(weights: str | None) -> contextlib.AbstractContextManager[str | None]:
+    """A weights file on another filesystem (``gs://...``) as a local copy: Keras reads h5
+    files with h5py, which opens local files only."""
+    if weights in (None, "imagenet"):
+        return contextlib.nullcontext(weights)
+    return fs.local_copy(weights)
 
 
 def _weights_error(cfg: ModelConfig, weights: str | None, err: Exception) -> UserError:
@@ -136,7 +146,7 @@ def _keras_home() -> str:
 
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tfft import cache_store
+from tfft import cache_store, fs
 from tfft.diskspace import format_bytes
 from tfft.errors import UserError
 
@@ -51,7 +51,7 @@ def check_args(verbs: Sequence[str], cache_dir: str, older_than: str) -> tuple[s
                         f"[--cache_dir=DIR] [--older_than=AGE]); received "
                         f"{' '.join(verbs) or 'none'}.")
     root = cache_store.cache_root(cache_dir)
-    if os.path.exists(root) and not os.path.isdir(root):
+    if fs.exists(root) and not fs.isdir(root):
         raise UserError(f"--cache_dir: expected a directory; received {root!r}, a file.")
     return verbs[0], root, parse_age(older_than)
 
@@ -137,7 +137,7 @@ def run_command() -> None:
     verbs: list[str] = []
 
     def parser(argv: list[str]) -> list[str]:
-        argv = [argv[0]] + [cli.resolve_flagfile(a) for a in argv[1:]]
+        argv = [argv[0], *cli.expand_flagfiles(argv[1:])]
         try:
             rest = flags.FLAGS(argv)
         except flags.Error as err:

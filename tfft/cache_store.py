@@ -10,6 +10,10 @@ recently used entries go first. A process using an entry holds a shared ``flock`
 removal takes the exclusive lock without waiting and leaves an entry in use alone, so neither
 another run nor ``tfft.cache clear`` pulls an entry from under a running head phase. A removed
 entry is first renamed to a hidden name, so readers see whole entries or none.
+
+A cache on another filesystem (``--cache_dir=gs://...``, through ``tfft.fs``) has no locks: an
+entry is held by nothing there, so removing it (the size limit, ``clear``) may pull it from under
+a run using it; keep ``--cache_max_gb=0`` on a cache that runs share, and clear it between runs.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from tfft import fs
 
 FEATURES_FILE = "features.bin"
 LABELS_FILE = "labels.bin"
@@ -44,7 +51,7 @@ def default_cache_dir() -> str:
 
 def cache_root(cache_dir: str) -> str:
     """The absolute cache directory of ``--cache_dir`` (empty = the default)."""
-    return os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
+    return fs.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
 
 
 @dataclass(frozen=True)
@@ -82,21 +89,39 @@ class Cleared:
     kept: int
 
 
+def temporary_entry(parent: str, name: str) -> str:
+    """Creates a new, uniquely named directory in ``parent`` for the entry ``name`` to be."""
+    prefix = f"{TMP_PREFIX}{name}-"
+    if fs.is_local(parent):
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(dir=parent, prefix=prefix)
+    path = os.path.join(parent, prefix + secrets.token_hex(4))
+    fs.makedirs(path)
+    return path
+
+
 def touch(entry: str) -> None:
     """Marks ``entry`` as used now; a read-only (shared) cache stays usable without the mark."""
     with contextlib.suppress(OSError):
-        Path(entry, LAST_USED_FILE).touch()
+        if fs.is_local(entry):
+            Path(entry, LAST_USED_FILE).touch()
+        else:  # a new object is the only way to set a time there
+            with fs.open(os.path.join(entry, LAST_USED_FILE), "wb"):
+                pass
 
 
 def hold(entry: str) -> IO[bytes] | None:
     """``entry``'s meta.json, open and share-locked until closed, or None when it is absent.
 
-    Blocks only while another process removes the entry (the caller then finds it gone).
+    Blocks only while another process removes the entry (the caller then finds it gone). An
+    entry on another filesystem is opened without a lock (there are none).
     """
     try:
-        meta = open(os.path.join(entry, META_FILE), "rb")  # noqa: SIM115 (held by the caller)
+        meta = fs.open(os.path.join(entry, META_FILE), "rb")  # noqa: SIM115 (caller closes it)
     except OSError:
         return None
+    if not fs.is_local(entry):
+        return meta
     with contextlib.suppress(OSError):  # a filesystem without locks: used all the same
         fcntl.flock(meta, fcntl.LOCK_SH)
     return meta
@@ -104,6 +129,8 @@ def hold(entry: str) -> IO[bytes] | None:
 
 def remove(entry: str) -> bool:
     """Deletes ``entry`` unless a process holds it (or it is gone or not ours to delete)."""
+    if not fs.is_local(entry):
+        return _remove_unlocked(entry)
     meta_path = os.path.join(entry, META_FILE)
     try:
         lock = open(meta_path, "rb")  # noqa: SIM115 (closed below, before the deletion)
@@ -116,8 +143,7 @@ def remove(entry: str) -> bool:
             return False
         except OSError:  # no locks on this filesystem: nothing can say it is in use
             pass
-        doomed = os.path.join(os.path.dirname(entry),
-                              f"{DELETED_PREFIX}{os.path.basename(entry)}-{secrets.token_hex(4)}")
+        doomed = _doomed_name(entry)
         try:
             if not os.path.samestat(os.fstat(lock.fileno()), os.stat(meta_path)):
                 return False  # replaced by a new entry since we opened it
@@ -128,16 +154,33 @@ def remove(entry: str) -> bool:
     return True
 
 
+def _remove_unlocked(entry: str) -> bool:
+    """Deletes an entry on a filesystem without locks: hidden first, then removed."""
+    if not fs.exists(os.path.join(entry, META_FILE)):
+        return False
+    doomed = _doomed_name(entry)
+    try:
+        fs.rename(entry, doomed)
+    except OSError:
+        return False
+    fs.rmtree(doomed)
+    return True
+
+
+def _doomed_name(entry: str) -> str:
+    return os.path.join(os.path.dirname(entry),
+                        f"{DELETED_PREFIX}{os.path.basename(entry)}-{secrets.token_hex(4)}")
+
+
 def scan(root: str) -> list[Entry]:
     """The complete entries under ``root``, least recently used first."""
     found = []
     for name in _names(root):
         path = os.path.join(root, name)
-        if name.startswith(".") or not os.path.isdir(path):
+        if name.startswith(".") or not fs.isdir(path):
             continue
         try:
-            with open(os.path.join(path, META_FILE)) as f:
-                meta = json.load(f)
+            meta = json.loads(fs.read_text(os.path.join(path, META_FILE)))
             found.append(Entry(path, dir_bytes(path), last_used(path), meta))
         except (OSError, ValueError):  # not an entry, or removed meanwhile
             continue
@@ -150,11 +193,10 @@ def unfinished(root: str) -> list[Leftover]:
     found = []
     for name in _names(root):
         path = os.path.join(root, name)
-        if not name.startswith((TMP_PREFIX, DELETED_PREFIX)) or not os.path.isdir(path):
+        if not name.startswith((TMP_PREFIX, DELETED_PREFIX)) or not fs.isdir(path):
             continue
         with contextlib.suppress(OSError):
-            times = [os.stat(path).st_mtime] + [os.stat(os.path.join(path, n)).st_mtime
-                                                for n in os.listdir(path)]
+            times = [fs.mtime(path)] + [fs.mtime(os.path.join(path, n)) for n in fs.listdir(path)]
             found.append(Leftover(path, dir_bytes(path), max(times)))
     return found
 
@@ -163,13 +205,16 @@ def last_used(entry: str) -> float:
     """When ``entry`` was last written or read (its meta.json's time for an entry from before
     last-use stamps)."""
     try:
-        return os.stat(os.path.join(entry, LAST_USED_FILE)).st_mtime
+        return fs.mtime(os.path.join(entry, LAST_USED_FILE))
     except FileNotFoundError:
-        return os.stat(os.path.join(entry, META_FILE)).st_mtime
+        return fs.mtime(os.path.join(entry, META_FILE))
 
 
 def dir_bytes(path: str) -> int:
     """Bytes of the files in one (flat) entry directory."""
+    if not fs.is_local(path):
+        files = [os.path.join(path, n) for n in fs.listdir(path)]
+        return sum(fs.size(f) for f in files if not fs.isdir(f))
     with os.scandir(path) as it:
         return sum(e.stat().st_size for e in it if e.is_file(follow_symlinks=False))
 
@@ -185,7 +230,7 @@ def evict(root: str, max_gb: float, keep: str) -> list[Entry]:
     for entry in entries:
         if total <= limit:
             break
-        if os.path.abspath(entry.path) != os.path.abspath(keep) and remove(entry.path):
+        if fs.abspath(entry.path) != fs.abspath(keep) and remove(entry.path):
             removed.append(entry)
             total -= entry.size
     return removed
@@ -201,7 +246,7 @@ def clear(root: str, older_than: float, now: float | None = None) -> Cleared:
     leftovers = [t for t in unfinished(root) if os.path.basename(t.path).startswith(
         DELETED_PREFIX) or t.modified <= now - stale]
     for leftover in leftovers:
-        shutil.rmtree(leftover.path, ignore_errors=True)
+        fs.rmtree(leftover.path)
     return Cleared(len(removed), len(leftovers),
                    sum(e.size for e in removed) + sum(t.size for t in leftovers),
                    len(doomed) - len(removed))
@@ -209,6 +254,6 @@ def clear(root: str, older_than: float, now: float | None = None) -> Cleared:
 
 def _names(root: str) -> list[str]:
     try:
-        return sorted(os.listdir(root))
+        return fs.listdir(root)
     except FileNotFoundError:
         return []

@@ -22,6 +22,7 @@ from typing import Any
 
 from absl import app, flags
 
+from tfft import fs
 from tfft.config import flag_fields
 from tfft.errors import AccuracyBelowMinimum, TrainingDiverged, UserError
 from tfft.flags import FlagHelp, config_flag_help
@@ -29,6 +30,7 @@ from tfft.flags import FlagHelp, config_flag_help
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_ACCURACY = 4
+FLAGFILE = "--flagfile="
 
 
 def fail(message: str, status: int = EXIT_USER_ERROR) -> None:
@@ -39,17 +41,40 @@ def fail(message: str, status: int = EXIT_USER_ERROR) -> None:
     sys.exit(status)
 
 
+def expand_flagfiles(args: list[str]) -> list[str]:
+    """``args`` with each ``--flagfile=`` on another filesystem (``gs://...``) replaced by its
+    flags, read through ``tfft.fs`` (absl opens flagfiles with ``open``); a local one is left to
+    absl, found in the shipped configs when it is not in the cwd (``resolve_flagfile``)."""
+    expanded: list[str] = []
+    for arg in args:
+        path = arg[len(FLAGFILE):] if arg.startswith(FLAGFILE) else ""
+        if not path or fs.is_local(path):
+            expanded.append(resolve_flagfile(arg))
+            continue
+        try:
+            text = fs.read_text(path)
+        except OSError as err:
+            fail(f"--flagfile: could not read {path!r} ({err.strerror or err}).")
+        expanded.extend(expand_flagfiles(flagfile_lines(text)))
+    return expanded
+
+
+def flagfile_lines(text: str) -> list[str]:
+    """A flagfile's flags as absl reads them: one a line, blank and ``#``/``//`` lines skipped."""
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.startswith(("#", "//"))]
+
+
 def resolve_flagfile(arg: str) -> str:
     """``--flagfile=NAME`` not found in the cwd falls back to the configs shipped with tfft."""
-    prefix = "--flagfile="
-    if not arg.startswith(prefix):
+    if not arg.startswith(FLAGFILE):
         return arg
-    path = arg[len(prefix):]
+    path = arg[len(FLAGFILE):]
     if os.path.exists(path):
         return arg
     shipped = shipped_config(os.path.basename(path))
     if shipped:
-        return prefix + shipped
+        return FLAGFILE + shipped
     fail(f"--flagfile: file {path!r} does not exist (nor among the shipped configs).")
     return arg
 
@@ -64,7 +89,7 @@ def shipped_config(name: str) -> str | None:
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     """absl parsing whose errors are one line and exit status 2 (absl's own is 1)."""
-    argv = [argv[0]] + [resolve_flagfile(a) for a in argv[1:]]
+    argv = [argv[0], *expand_flagfiles(argv[1:])]
     try:
         rest = flag_values(argv)
     except flags.Error as err:

@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Iterator
 
+from tfft import fs
 from tfft.errors import UserError
 
 # Headroom kept free beyond an estimate: filesystem metadata, the records written beside it.
@@ -43,7 +44,12 @@ class DiskSpaceError(UserError):
 
 
 def check_free(path: str, needed: int, what: str) -> None:
-    """Refuses, before writing, ``needed`` bytes of ``what`` at ``path`` that would not fit."""
+    """Refuses, before writing, ``needed`` bytes of ``what`` at ``path`` that would not fit.
+
+    A path on another filesystem (``gs://...``) has no free space to ask for: not checked.
+    """
+    if not fs.is_local(path):
+        return
     free = free_bytes(path)
     if needed + MARGIN_BYTES > free:
         raise DiskSpaceError(f"{path}: not enough free space for {what}: needs about "

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfft import data as data_lib
-from tfft import diskspace, export_formats, publishing, rundir
+from tfft import diskspace, export_formats, fs, publishing, rundir
 from tfft.config import Config
 from tfft.export_formats import (
     CONFIG_FILE,
@@ -212,7 +212,7 @@ def export_run(workdir: str, export_dir: str | None = None, top_k: int = 5,
 def run_class_names(workdir: str, config: Config) -> tuple[str, ...]:
     """Class names of a run: ``metrics.json`` if it records them, else the data source's."""
     metrics_path = os.path.join(workdir, rundir.METRICS)
-    if os.path.isfile(metrics_path):
+    if fs.isfile(metrics_path):
         names = rundir.read_json(metrics_path).get("class_names")
         if names:
             return tuple(names)

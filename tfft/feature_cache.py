@@ -9,10 +9,11 @@ A disk entry is a directory named by a key (``tfft.cache_keys``) over everything
 features (data source and its files, split, seed, fractions, caps, backbone, its weights, image
 size, pooling, storage dtype, library versions), so a stale entry is never reused. Entries are
 written into a temporary directory that is renamed into place only when complete: readers see whole
-entries or none, and two processes racing on one key both end with the same entry. Its size is known
-before the backbone runs, so a disk without room for it is refused up front; a disk that fills up
-anyway ends as one line, with the temporary entry removed. Last use, the size limit and locks
-against removal while in use are ``tfft.cache_store``'s.
+entries or none (on another filesystem the move goes file by file, ``meta.json`` last, and ``read``
+refuses an entry whose files do not match it), and two processes racing on one key both end with the
+same entry. Its size is known before the backbone runs, so a disk without room for it is refused
+up front; a disk that fills up anyway ends as one line, with the temporary entry removed. Last use,
+the size limit and locks against removal while in use are ``tfft.cache_store``'s.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft import cache_store, diskspace
+from tfft import cache_store, diskspace, fs
 from tfft.cache_keys import FORMAT_VERSION, cache_key, key_fields
 from tfft.cache_store import FEATURES_FILE, LABELS_FILE, META_FILE
 from tfft.config import Config
@@ -108,18 +107,29 @@ class CachedSplit:
 _INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def inference_fn(model: keras.Model) -> Forward:
-    """The model in inference mode as one traced function per model.
+def inference_fn(model: keras.Model, jit_compile: bool = False,
+                 prepare: Callable[[tf.Tensor, bool], tf.Tensor] | None = None) -> Forward:
+    """The model in inference mode as one traced function per model (and options).
 
     Its batch size is left free, so both splits and their last partial batches share a single
     trace (a trace of a backbone costs about a second on 2 CPU cores); Keras layers need no
-    AutoGraph conversion, which would add to that.
+    AutoGraph conversion, which would add to that. With ``prepare`` (preprocessing on the
+    device: ``prepare(x, False)`` runs first) the input's size and dtype are the pipeline's, not
+    the model's, so only the rank is fixed. ``jit_compile`` compiles it with XLA (one program
+    per batch shape).
     """
-    if model not in _INFERENCE:
-        spec = tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype)
-        _INFERENCE[model] = tf.function(lambda x: model(x, training=False),
-                                        input_signature=[spec], autograph=False)
-    return _INFERENCE[model]
+    traced = _INFERENCE.setdefault(model, {})
+    if (jit_compile, prepare) not in traced:
+        if prepare is None:
+            spec = tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype)
+            forward = tf.function(lambda x: model(x, training=False), input_signature=[spec],
+                                  autograph=False, jit_compile=jit_compile)
+        else:
+            forward = tf.function(lambda x: model(prepare(x, False), training=False),
+                                  autograph=False, jit_compile=jit_compile,
+                                  reduce_retracing=True)
+        traced[(jit_compile, prepare)] = forward
+    return traced[(jit_compile, prepare)]
 
 
 def extract(forward: Forward, batches: Iterable[tuple[tf.Tensor, tf.Tensor]], *, count: int,
@@ -203,16 +213,14 @@ class _DiskSink:
         self.entry, self.dim, self.dtype, self.key_fields = entry, dim, dtype, key_fields
         parent = os.path.dirname(entry)
         try:
-            os.makedirs(parent, exist_ok=True)
-            self.tmp = tempfile.mkdtemp(
-                dir=parent, prefix=f"{cache_store.TMP_PREFIX}{os.path.basename(entry)}-")
+            self.tmp = cache_store.temporary_entry(parent, os.path.basename(entry))
         except OSError as err:
             if diskspace.is_disk_full(err):
                 raise
             raise UserError(f"--cache_dir: expected a writable directory for the feature cache; "
                             f"received {parent!r} ({err.strerror or err}).") from None
-        self.features = open(os.path.join(self.tmp, FEATURES_FILE), "wb")  # noqa: SIM115
-        self.labels = open(os.path.join(self.tmp, LABELS_FILE), "wb")  # noqa: SIM115
+        self.features = _open(os.path.join(self.tmp, FEATURES_FILE), "wb")
+        self.labels = _open(os.path.join(self.tmp, LABELS_FILE), "wb")
         self.count = 0
 
     def add(self, features: np.ndarray, labels: np.ndarray) -> None:
@@ -224,18 +232,19 @@ class _DiskSink:
     def finish(self) -> CachedSplit:
         for f in (self.features, self.labels):
             f.flush()
-            os.fsync(f.fileno())
+            if fs.is_local(self.tmp):
+                os.fsync(f.fileno())
             f.close()
         meta = {"format": FORMAT_VERSION, "count": self.count, "dim": self.dim,
                 "dtype": self.dtype, "key": cache_key(self.key_fields), "fields": self.key_fields}
-        with open(os.path.join(self.tmp, META_FILE), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True, default=str)
-        if os.path.isdir(self.entry) and read(self.entry, meta["key"]) is None:
-            shutil.rmtree(self.entry, ignore_errors=True)  # an incomplete or foreign entry
+        with _open(os.path.join(self.tmp, META_FILE), "w") as f:
+            f.write(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        if fs.isdir(self.entry) and read(self.entry, meta["key"]) is None:
+            fs.rmtree(self.entry)  # an incomplete or foreign entry
         try:
-            os.rename(self.tmp, self.entry)
+            fs.rename(self.tmp, self.entry)
         except OSError:  # another process finished the same key first; its entry is equal
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            fs.rmtree(self.tmp)
         entry = read(self.entry, meta["key"])
         if entry is None:
             raise RuntimeError(f"Feature cache entry {self.entry} unreadable right after writing.")
@@ -247,7 +256,13 @@ class _DiskSink:
         for f in (self.features, self.labels):
             with contextlib.suppress(OSError):
                 f.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        fs.rmtree(self.tmp)
+
+
+def _open(path: str, mode: str) -> IO[Any]:
+    """A local file through the builtin ``open`` (tests wrap this module's ``open``), any other
+    through ``tfft.fs``."""
+    return open(path, mode) if fs.is_local(path) else fs.open(path, mode)  # noqa: SIM115
 
 
 # ---------------------------------------------------------------- disk entries
@@ -264,8 +279,8 @@ def read(entry: str, key: str) -> CachedSplit | None:
         return None
     try:
         meta = json.load(lock)
-        labels = np.fromfile(os.path.join(entry, LABELS_FILE), LABEL_DTYPE)
-        size = os.path.getsize(os.path.join(entry, FEATURES_FILE))
+        labels = np.frombuffer(fs.read_bytes(os.path.join(entry, LABELS_FILE)), LABEL_DTYPE)
+        size = fs.size(os.path.join(entry, FEATURES_FILE))
         count, dim, dtype = meta.get("count"), meta.get("dim"), meta.get("dtype")
         complete = (meta.get("format") == FORMAT_VERSION and meta.get("key") == key
                     and len(labels) == count and size == count * dim * np.dtype(dtype).itemsize)

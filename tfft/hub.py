@@ -8,13 +8,13 @@ reusable SavedModel or a TF1 Hub format signature). ``tfft.backbones`` turns the
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
 import keras
 import tensorflow as tf
 
+from tfft import fs
 from tfft.errors import UserError
 from tfft.hub_module import load_module
 
@@ -120,8 +120,8 @@ def merge_batchnorm_groups(
 
 def resolved_path(handle: str) -> str:
     """Where the module's files are: the directory itself, or TF-Hub's cache for a URL."""
-    if os.path.isdir(handle):
-        return os.path.abspath(handle)
+    if fs.isdir(handle):
+        return fs.abspath(handle)
     import tensorflow_hub as hub
 
     return hub.resolve(handle)

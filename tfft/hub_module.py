@@ -10,12 +10,12 @@ signature has no training mode, so its BatchNorm layers always run on their movi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import tensorflow as tf
 
+from tfft import fs
 from tfft.errors import UserError
 
 # TF1 Hub format signatures of an image feature vector, in order of preference.
@@ -41,8 +41,8 @@ def load_module(handle: str) -> HubModule:
     import tensorflow_hub as hub
 
     is_url = handle.startswith(("http://", "https://"))
-    if not is_url and not os.path.isdir(handle):
-        raise UserError(f"--hub_handle: expected a TF-Hub URL or a local SavedModel directory; "
+    if not is_url and not fs.isdir(handle):
+        raise UserError(f"--hub_handle: expected a TF-Hub URL or a SavedModel directory; "
                         f"received {handle!r} (no such directory).")
     try:
         loaded = hub.load(handle)

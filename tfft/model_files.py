@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tfft import fs
 from tfft.config import Config
 from tfft.errors import UserError
 from tfft.export_formats import CONFIG_FILE, LABELS_FILE, MODEL_FILES, SAVED_MODEL, SUFFIX_FORMATS
@@ -35,13 +36,13 @@ def resolve_model(path: str, flag: str = "--model") -> ModelPath:
     """The model ``path`` names; one line naming what to pass instead when it names none."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix in SUFFIX_FORMATS:
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             raise UserError(f"{flag}: expected an existing {suffix} file; {path!r} does not exist.")
         return ModelPath(SUFFIX_FORMATS[suffix], path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if fs.isfile(os.path.join(path, "saved_model.pb")):
         return ModelPath(SAVED_MODEL, path)
     files = [os.path.join(path, f) for f in MODEL_FILES.values()
-             if os.path.isfile(os.path.join(path, f))]
+             if fs.isfile(os.path.join(path, f))]
     if files:
         raise UserError(f"{flag}: {path!r} holds no SavedModel, only "
                         f"{', '.join(os.path.basename(f) for f in files)}; pass the file, "
@@ -57,17 +58,15 @@ def resolve_model(path: str, flag: str = "--model") -> ModelPath:
 def read_labels(model: ModelPath) -> tuple[str, ...]:
     """The class names exported with ``model`` (``labels.txt``, one per line)."""
     path = model.beside(LABELS_FILE)
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         raise UserError(f"--model: expected class names in {path!r}; the file does not exist.")
-    with open(path) as f:
-        return tuple(line.rstrip("\n") for line in f if line.strip())
+    return tuple(line for line in fs.read_text(path).split("\n") if line.strip())
 
 
 def read_config(model: ModelPath, workdir: str = "") -> Config:
     """The config of the run ``model`` was exported from (or of ``workdir``, when given)."""
     path = os.path.join(workdir, CONFIG_FILE) if workdir else model.beside(CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         raise UserError(f"--model: expected the run's config at {path!r} "
                         "(pass --workdir=RUN of the exported run).")
-    with open(path) as f:
-        return Config.from_json(f.read())
+    return Config.from_json(fs.read_text(path))

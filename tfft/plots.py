@@ -10,8 +10,6 @@ beside the target, then renamed), so a reader never sees half a PNG.
 from __future__ import annotations
 
 import io
-import os
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,25 +18,17 @@ import numpy.typing as npt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from tfft import fs
 from tfft.metrics import Predictions
 
 DPI = 100
 
 
 def save_png(fig: Figure, path: str) -> str:
-    """Writes ``fig`` as a PNG so a reader sees the old file or the whole new one; returns
-    ``path``. The temp name is unique, so two writers of one file cannot mix their bytes."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, dpi=DPI, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes ``fig`` as a PNG so a reader sees the old file or the whole new one, on any
+    filesystem (``fs.write_atomic``: a unique temp name, so two writers of one file cannot mix
+    their bytes); returns ``path``."""
+    fs.write_atomic(path, png_bytes(fig))
     return path
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from tfft import export, model_files
+from tfft import export, fs, model_files
 from tfft.errors import UserError
 from tfft.export_formats import SAVED_MODEL
 from tfft.preprocess import decode_image
@@ -58,8 +58,7 @@ class Predictor:
     def predict_file(self, path: str) -> Prediction:
         """Predicts one image file; a file that is not a readable image is a UserError."""
         try:
-            with open(path, "rb") as f:
-                encoded = f.read()
+            encoded = fs.read_bytes(path)
         except OSError as err:
             raise UserError(f"{path}: cannot read the file ({err.strerror}).") from None
         try:
@@ -143,7 +142,7 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
     from tfft import cli
 
-    argv = [argv[0]] + [cli.resolve_flagfile(a) for a in argv[1:]]
+    argv = [argv[0], *cli.expand_flagfiles(argv[1:])]
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as err:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfft import class_counts, metrics, plots, rundir
+from tfft import class_counts, fs, metrics, plots, rundir
 from tfft import data as data_lib
 from tfft.callbacks import RunCallback, RunResult
 from tfft.checkpoints import PHASES
@@ -164,15 +164,15 @@ def write_metrics_csv(rows: list[dict[str, Any]], path: str) -> None:
 def read_history(workdir: str) -> History:
     """The per-phase epoch rows of a run's ``metrics.csv`` ({} when there is none)."""
     path = os.path.join(workdir, rundir.METRICS_CSV)
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         return {}
     history: History = {}
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {k: (float(v) if v else None) for k, v in raw.items()
-                                   if k != "phase"}
-            row["epoch"] = int(row["epoch"])
-            history.setdefault(raw["phase"], []).append({**row, "phase": raw["phase"]})
+    text = fs.read_bytes(path).decode()  # as ``open(newline="")`` reads it, for csv
+    for raw in csv.DictReader(io.StringIO(text, newline="")):
+        row: dict[str, Any] = {k: (float(v) if v else None) for k, v in raw.items()
+                               if k != "phase"}
+        row["epoch"] = int(row["epoch"])
+        history.setdefault(raw["phase"], []).append({**row, "phase": raw["phase"]})
     return history
 
 
@@ -189,7 +189,7 @@ def report_markdown(workdir: str, summary: RunSummary, rows: list[dict[str, Any]
     d, m = config.data, config.model
     loss = f", loss {summary.test_loss:.4f}" if summary.test_loss is not None else ""
     lines = [
-        f"# tfft run report: `{os.path.basename(os.path.abspath(workdir))}`", "",
+        f"# tfft run report: `{os.path.basename(fs.abspath(workdir))}`", "",
         f"Dataset `{d.dataset}`, {len(summary.class_names)} classes; backbone `{m.backbone}` "
         f"(weights `{m.weights}`) at {d.image_size} px, batch {d.batch_size}, optimizer "
         f"`{config.train.optimizer}`, seed {config.train.seed}.", "",
@@ -246,7 +246,7 @@ def _flag_value(value: Any) -> str:
 def _phase_rates(workdir: str, config: Config) -> dict[str, str]:
     """Each phase's learning rate as set, or for ``auto`` the rate the range test found."""
     path = os.path.join(workdir, rundir.LR_FIND)
-    found = rundir.read_json(path) if os.path.exists(path) else {}
+    found = rundir.read_json(path) if fs.exists(path) else {}
     rates = {"head": config.head.head_learning_rate,
              "finetune": config.finetune.finetune_learning_rate}
     return {phase: f"{rate:g}" if rate != AUTO_LR

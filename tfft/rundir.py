@@ -2,17 +2,17 @@
 
 One home for the layout, so checkpoints, export, the report, TensorBoard and ``tfft.evaluate``
 agree on where things are. Every write goes to a temporary file beside the target and is renamed
-into place, so a reader sees either the old file or the whole new one.
+into place, so a reader sees either the old file or the whole new one (on any filesystem:
+``tfft.fs``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from tfft import diskspace
+from tfft import diskspace, fs
 from tfft.config import Config
 from tfft.errors import UserError
 
@@ -42,7 +42,13 @@ def lr_find_png(phase: str) -> str:
 
 
 def check_writable(path: str, flag: str) -> None:
-    """Refuses, before any work starts, a directory that cannot be created or written."""
+    """Refuses, before any work starts, a directory that cannot be created or written.
+
+    A path on another filesystem (``gs://...``) is not checked here, before TensorFlow starts:
+    its first write reports what is wrong.
+    """
+    if not fs.is_local(path):
+        return
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -52,27 +58,11 @@ def check_writable(path: str, flag: str) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Writes ``text`` so a reader sees either the old file or the whole new one.
-
-    The temporary file gets a unique name and the mode ``open(path, "w")`` would give (0666 less
-    the umask), so a serving or monitoring process of another user can read the run's files
-    (``tempfile.mkstemp`` creates them 0600).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-    try:
-        with diskspace.reporting_full_disk(path, "a record"):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes ``text`` so a reader sees either the old file or the whole new one
+    (``fs.write_atomic``: on the local disk, with the mode ``open(path, "w")`` would give, so a
+    serving or monitoring process of another user can read the run's files)."""
+    with diskspace.reporting_full_disk(path, "a record"):
+        fs.write_atomic(path, text)
 
 
 def write_json(path: str, data: Any) -> None:
@@ -80,27 +70,26 @@ def write_json(path: str, data: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(fs.read_text(path))
 
 
 def read_config(workdir: str) -> Config:
     """The config a run directory was trained with (``config.json``; older layouts load too)."""
-    with open(os.path.join(workdir, CONFIG)) as f:
-        return Config.from_json(f.read())
+    return Config.from_json(fs.read_text(os.path.join(workdir, CONFIG)))
 
 
 def save_model(model: Any, path: str) -> None:
-    """Saves a Keras model atomically (Keras insists on the ``.keras`` suffix)."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Saves a Keras model atomically (Keras insists on the ``.keras`` suffix; it writes a path
+    on another filesystem through gfile itself)."""
+    directory = os.path.dirname(fs.abspath(path))
     tmp = os.path.join(directory, ".tmp-" + os.path.basename(path))
     try:
         with diskspace.reporting_full_disk(path, "the model"):
             model.save(tmp)
-            os.replace(tmp, path)
+            fs.rename(tmp, path, overwrite=True)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if fs.exists(tmp):
+            fs.remove(tmp)
         raise
 
 
@@ -111,7 +100,7 @@ def load_run(workdir: str) -> tuple[Config, keras.Model]:
     config_path = os.path.join(workdir, CONFIG)
     model_path = os.path.join(workdir, MODEL)
     for path in (config_path, model_path):
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             raise UserError(f"--workdir: expected a finished run directory holding "
                             f"{CONFIG} and {MODEL}; {path!r} does not exist.")
     config = read_config(workdir)

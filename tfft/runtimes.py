@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfft import fs
 from tfft.errors import UserError
 from tfft.export_formats import LITERT, ONNX, missing_runtime
 from tfft.model_files import ModelPath
@@ -51,7 +52,10 @@ class LiteRTRunner:
         except ImportError:
             raise missing_runtime(LITERT, path) from None
         try:
-            self.interpreter = Interpreter(model_path=path, num_threads=threads)
+            # Both runtimes open files themselves; a file on another filesystem goes in as bytes.
+            source = {"model_path": path} if fs.is_local(path) else {
+                "model_content": fs.read_bytes(path)}
+            self.interpreter = Interpreter(**source, num_threads=threads)
         except ValueError as err:
             raise UserError(f"--model: could not load {path!r} as a LiteRT model "
                             f"({str(err).strip().splitlines()[0][:200]}).") from None
@@ -109,7 +113,8 @@ class OnnxRunner:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(path, options,
+            source = path if fs.is_local(path) else fs.read_bytes(path)
+            self.session = onnxruntime.InferenceSession(source, options,
                                                         providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph
             raise UserError(f"--model: could not load {path!r} as an ONNX model "
