@@ -27,7 +27,8 @@ def finetune_step():
 
     from tfft import loop, phases, schedules
 
-    config = bench_run.bench_config().replace(finetune_epochs=1)
+    # Host preprocessing: the same premade batches feed the Keras reference's model.fit.
+    config = bench_run.bench_config().replace(finetune_epochs=1, preprocess_on="host")
     with phases.setup_run(config) as run:
         reference = bench_run.KerasFit(config, run.splits)
         plan = phases.finetune_plan(run)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from tfft import distribute
 from tfft.config import DataConfig
 from tfft.errors import UserError
 from tfft.image_files import list_image_folder
@@ -29,6 +30,7 @@ from tfft.preprocess import (
     decode_image,
     load_images,
     preprocess_images,
+    resize_images,
     to_rgb,
 )
 from tfft.raw_splits import SPLITS, RawSplits, carve
@@ -107,6 +109,8 @@ def make_batches(
     seed: int,
     augmenter: Callable[[tf.Tensor], tf.Tensor] | None = None,
     drop_remainder: bool = False,
+    on_device: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Shuffles (training only), batches and preprocesses raw examples, lazily.
 
@@ -114,21 +118,53 @@ def make_batches(
 
     Same-size images are batched first and resized per batch (vectorised); mixed sizes (image
     folders) are resized per example before batching.
+
+    ``on_device`` (``--preprocess_on=device``) leaves resizing and normalisation to the compiled
+    steps (``tfft.device_inputs``): same-size images go out as uint8 batches at their stored
+    size and channels; mixed sizes, which cannot be batched so, are resized per example to
+    ``image_size`` here (float32, not normalised), so the device's resize is a no-op on them.
+    Augmentation runs after preprocessing, so on the device too: ``augmenter`` is refused then.
+
+    With ``input_context`` (multi-worker) only this worker's share of the commonly seeded shuffle
+    (``distribute.worker_share``) is read, decoded and preprocessed, in per-replica batches.
     """
+    if on_device and augmenter is not None:
+        raise ValueError("make_batches(on_device=True) leaves augmentation to the device step")
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = load_images(ds)
-    prep = _batch_preprocessor(cfg.image_size, normalize)
+    ds, batch_size = _share(ds, cfg.batch_size, input_context)
+    ds = _batch_and_preprocess(load_images(ds), cfg, normalize, batch_size,
+                               drop_remainder=drop_remainder, on_device=on_device)
+    if training and augmenter is not None:
+        ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _share(ds: tf.data.Dataset, global_batch: int, ctx: tf.distribute.InputContext | None,
+           ) -> tuple[tf.data.Dataset, int]:
+    """The examples this input pipeline reads and its batch size: all of them in global
+    batches, or (multi-worker) this worker's share in per-replica batches."""
+    if ctx is None:
+        return ds, global_batch
+    return (distribute.worker_share(ds, ctx, global_batch),
+            distribute.per_replica_batch(ctx, global_batch))
+
+
+def _batch_and_preprocess(ds: tf.data.Dataset, cfg: DataConfig, normalize: Normalizer,
+                          batch_size: int, *, drop_remainder: bool,
+                          on_device: bool) -> tf.data.Dataset:
+    """Decoded examples -> batches, preprocessed on the host (all of it, or with ``on_device``
+    only the per-example resize of mixed sizes)."""
     autotune = tf.data.AUTOTUNE
     if ds.element_spec[0].shape.is_fully_defined():
-        ds = ds.batch(cfg.batch_size, drop_remainder=drop_remainder)
-        ds = ds.map(prep, num_parallel_calls=autotune)
-    else:
-        ds = ds.map(prep, num_parallel_calls=autotune)
-        ds = ds.batch(cfg.batch_size, drop_remainder=drop_remainder)
-    if training and augmenter is not None:
-        ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=autotune)
-    return ds.prefetch(autotune)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if on_device:
+            return ds
+        return ds.map(_batch_preprocessor(cfg.image_size, normalize), num_parallel_calls=autotune)
+    prep = (_example_resizer(cfg.image_size) if on_device
+            else _batch_preprocessor(cfg.image_size, normalize))
+    ds = ds.map(prep, num_parallel_calls=autotune)
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,6 +181,18 @@ def _batch_preprocessor(image_size: int, normalize: Normalizer):
         return preprocess_images(images, image_size, normalize), labels
 
     return prep
+
+
+@functools.lru_cache(maxsize=16)
+def _example_resizer(image_size: int):
+    """``(image, label) -> (float32 image at image_size, label)``: the host's part of device
+    preprocessing for mixed sizes, traced once per size like ``_batch_preprocessor``."""
+
+    @tf.function
+    def resize(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return resize_images(image, image_size), label
+
+    return resize
 
 
 def make_augmenter(names: tuple[str, ...], seed: int) -> Callable[[tf.Tensor], tf.Tensor] | None:

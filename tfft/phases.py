@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft import accelerator, distribute, feature_cache, progress, schedules
+from tfft import accelerator, device_inputs, distribute, feature_cache, progress, schedules
 from tfft import data as data_lib
 from tfft.backbones import build_backbone
 from tfft.checkpoints import PHASES
@@ -34,6 +34,7 @@ from tfft.classifier import (
     unfreeze_top_blocks,
 )
 from tfft.config import Config, FinetuneConfig
+from tfft.device_inputs import Prepare
 from tfft.loop import VariableGroup, count_steps
 
 AUTO_STEPS_ON_FEATURES = 100
@@ -50,23 +51,47 @@ class RunSetup:
     classifier: Classifier
     say: progress.Say
 
-    def batches(self, ds: tf.data.Dataset, training: bool = False,
-                seed: int | None = None) -> tf.data.Dataset:
-        """Preprocessed batches of a raw split (shuffled and augmented when ``training``)."""
-        cfg = self.config
-        return data_lib.make_batches(
-            ds, cfg.data, self.classifier.backbone.normalize, training=training,
-            seed=cfg.train.seed if seed is None else seed,
-            augmenter=self.augmenter if training else None,
-            drop_remainder=distribute.needs_static_shapes(self.strategy))
+    def batches(self, ds: tf.data.Dataset, training: bool = False, seed: int | None = None,
+                sharded: bool = True) -> tf.data.Dataset | distribute.WorkerBatches:
+        """Batches of a raw split (shuffled and augmented when ``training``), preprocessed
+        unless ``on_device``: then ``prepare`` does it, and the augmentation, in the steps.
 
-    def train_batches(self, seed: int) -> tf.data.Dataset:
+        Under MultiWorkerMirroredStrategy (unless not ``sharded``: every worker needs the whole
+        split) they are ``WorkerBatches``: each worker reads and decodes only its share.
+        """
+        cfg = self.config
+        host_augmenter = None if self.on_device else self.augmenter
+        drop = distribute.needs_static_shapes(self.strategy)
+        make = functools.partial(
+            data_lib.make_batches, ds, cfg.data, self.classifier.backbone.normalize,
+            training=training, seed=cfg.train.seed if seed is None else seed,
+            augmenter=host_augmenter if training else None, drop_remainder=drop,
+            on_device=self.on_device)
+        if not sharded or not distribute.shards_input(self.strategy):
+            return make()
+        return distribute.WorkerBatches(lambda ctx: make(input_context=ctx), int(ds.cardinality()),
+                                        cfg.data.batch_size, self.strategy.num_replicas_in_sync)
+
+    def train_batches(self, seed: int) -> tf.data.Dataset | distribute.WorkerBatches:
         """One epoch of shuffled (and augmented) training batches."""
         return self.batches(self.splits.train, training=True, seed=seed)
 
     @functools.cached_property
     def augmenter(self) -> Callable[[tf.Tensor], tf.Tensor] | None:
         return data_lib.make_augmenter(self.config.data.augment, self.config.train.seed)
+
+    @functools.cached_property
+    def on_device(self) -> bool:
+        """``--preprocess_on`` resolved: resizing and normalisation in the compiled steps."""
+        return accelerator.preprocess_on_device(self.config, self.strategy)
+
+    @functools.cached_property
+    def prepare(self) -> Prepare | None:
+        """The steps' transform of ``batches`` into backbone inputs (None: already are)."""
+        if not self.on_device:
+            return None
+        return device_inputs.make_prepare(self.config.data.image_size,
+                                          self.classifier.backbone.normalize, self.augmenter)
 
 
 @dataclass(frozen=True)
@@ -87,6 +112,8 @@ class PhasePlan:
     steps_per_call: int
     unfreeze: Callable[[int], None] | None = None
     feature_seconds: float = 0.0  # the head phase's one-off feature extraction
+    # (raw batch, training) -> the model's inputs, in the compiled steps (device preprocessing)
+    prepare: Prepare | None = None
 
 
 def run_strategy(config: Config) -> tf.distribute.Strategy:
@@ -145,14 +172,15 @@ def head_plan(run: RunSetup) -> PhasePlan:
     freeze_backbone(clf)
     start = time.perf_counter()
     if use_feature_cache(run):
-        model, (train, val) = clf.head, cached_features(run)
+        model, (train, val), prepare = clf.head, cached_features(run), None
     else:
         model, train, val = clf.model, run.train_batches, run.batches(run.splits.validation)
+        prepare = run.prepare
     seconds = time.perf_counter() - start
     return PhasePlan("head", model, train, val, cfg.head.head_epochs,
                      cfg.head.head_learning_rate, [VariableGroup(list(model.trainable_variables))],
                      checkpoint_variables(clf, "head"), steps_per_call(cfg, model is clf.head),
-                     feature_seconds=seconds)
+                     feature_seconds=seconds, prepare=prepare)
 
 
 def cached_features(run: RunSetup) -> tuple[Batches, tf.data.Dataset]:
@@ -184,11 +212,12 @@ def extract_features(run: RunSetup, ds: tf.data.Dataset, name: str) -> feature_c
         if cached is not None:
             run.say(f"Features ({name}): {cached.count:,} read from {entry}")
             return cached
-    batches = run.batches(ds)
+    batches = run.batches(ds, sharded=False)  # the whole split on every worker
     bar = progress.progress_bar(count_steps(batches), f"Features ({name})", cfg.run.verbosity,
                                 metrics=())
     return feature_cache.extract(
-        feature_cache.inference_fn(model), batches, count=size, dim=dim,
+        feature_cache.inference_fn(model, accelerator.jit_compile(cfg, run.strategy),
+                                   prepare=run.prepare), batches, count=size, dim=dim,
         dtype=cfg.train.cache_dtype, entry=entry, key_fields=fields,
         on_batch=bar.update if bar else None, cache_max_gb=cfg.run.cache_max_gb, say=run.say)
 
@@ -210,7 +239,8 @@ def finetune_plan(run: RunSetup) -> PhasePlan:
     return PhasePlan("finetune", clf.model, run.train_batches,
                      run.batches(run.splits.validation), cfg.finetune.finetune_epochs,
                      cfg.finetune.finetune_learning_rate, groups,
-                     checkpoint_variables(clf, "finetune"), steps_per_call(cfg, False), unfreeze)
+                     checkpoint_variables(clf, "finetune"), steps_per_call(cfg, False), unfreeze,
+                     prepare=run.prepare)
 
 
 def finetune_groups(clf: Classifier, cfg: FinetuneConfig) -> list[VariableGroup]:

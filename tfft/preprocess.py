@@ -55,6 +55,15 @@ def preprocess_images(images: tf.Tensor, image_size: int, normalize: Normalizer)
     return tf.cond(shape[-3] * shape[-2] > image_size**2, resize_first, normalize_first)
 
 
+def resize_images(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """uint8 images of any size and 1 or 3 channels -> float32 RGB at ``image_size``, not
+    normalised: the host's share of ``--preprocess_on=device`` for sources of mixed image sizes,
+    which cannot be batched at their stored size. Kept float (not rounded back to uint8), so
+    ``preprocess_images`` on the device normalises exactly these values; its resize of an image
+    already at ``image_size`` is the identity."""
+    return tf.image.resize(to_rgb(images), (image_size, image_size))
+
+
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     """JPEG/PNG/BMP/GIF bytes -> uint8 RGB [H, W, 3] (first frame of a GIF)."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
