@@ -18,7 +18,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfft import checkpoints, diskspace, loop, phases, progress, rundir, schedules
+from tfft import (
+    accelerator,
+    checkpoints,
+    diskspace,
+    loop,
+    phases,
+    progress,
+    rundir,
+    schedules,
+)
 from tfft.callbacks import PhaseTimings, RunCallback
 from tfft.classifier import count_params
 from tfft.config import AUTO_LR
@@ -87,7 +96,11 @@ class PhaseRunner:
                                                         plan.variables, [])
         self.check_free_space()
         self.loss = loop.make_loss(cfg.label_smoothing)
-        self.evaluate = loop.eval_steps(run.strategy, plan.model, self.loss)
+        # Resolved once: every step of the phase, and its validation, compile the same way.
+        self.jit_compile = accelerator.jit_compile(run.config, run.strategy)
+        self.prepare = plan.prepare
+        self.evaluate = loop.eval_steps(run.strategy, plan.model, self.loss,
+                                        jit_compile=self.jit_compile, prepare=self.prepare)
         self.steps: loop.Steps | None = None
         self.active = -1
 
@@ -153,7 +166,8 @@ class PhaseRunner:
             if plan.unfreeze:
                 plan.unfreeze(epoch)
             self.steps = loop.train_steps(self.run.strategy, plan.model, plan.groups[:live],
-                                          self.optimizers[:live], self.loss)
+                                          self.optimizers[:live], self.loss,
+                                          jit_compile=self.jit_compile, prepare=self.prepare)
             self.active = live
 
     def after_call(self, epoch: int, total: int, bar: keras.utils.Progbar | None,

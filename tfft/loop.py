@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft import distribute
+from tfft import distribute, precision
+from tfft.device_inputs import Prepare  # (raw batch, training) -> the model's inputs
 
 Steps = Callable[[Any, tf.Tensor], list[tf.Tensor]]  # (iterator, n) -> sums over n steps
 AfterCall = Callable[[int, "EpochStats"], None]  # (steps done in the epoch, stats so far)
@@ -69,39 +70,89 @@ def make_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
 
 def train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
                 groups: list[VariableGroup], optimizers: list[keras.optimizers.Optimizer],
-                loss: keras.losses.Loss) -> Steps:
+                loss: keras.losses.Loss, *, jit_compile: bool = False,
+                prepare: Prepare | None = None) -> Steps:
     """One gradient over the groups' variables per step; each group's optimizer applies its
-    part, so each group moves at its own learning rate, whatever the optimizer."""
+    part, so each group moves at its own learning rate, whatever the optimizer.
+
+    With ``LossScaleOptimizer``s (float16) the loss is scaled once, by the first group's scale,
+    and all groups skip a step with a non-finite gradient together (``tfft.precision``).
+    ``jit_compile`` compiles the forward and backward pass with XLA; the cross-replica sums and
+    the optimizers' updates stay outside it, since under MirroredStrategy they reach variables on
+    the other replicas' devices, which XLA refuses.
+    """
     variables = [v for group in groups for v in group.variables]
     bounds = np.cumsum([0] + [len(group.variables) for group in groups]).tolist()
-    num_classes = model.output_shape[-1]
+    scaled = precision.scaled(optimizers)
+    if scaled:
+        precision.share_scale(optimizers)
+    gradients = xla(gradient_fn(model, variables, loss, prepare), jit_compile)
 
     def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            probs = model(x, training=True)
-            per_example = loss(tf.one_hot(y, num_classes), probs)
-            total = tf.nn.compute_average_loss(per_example,
-                                               global_batch_size=global_batch_size(y))
-            if model.losses:
-                total += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(total, variables)
+        scale = tf.convert_to_tensor(optimizers[0].dynamic_scale) if scaled else None
+        sums, grads = gradients(x, y, global_batch_size(y), scale)
+        if scaled:
+            grads = precision.skip_together(grads)
         for optimizer, lo, hi in zip(optimizers, bounds, bounds[1:], strict=False):
             optimizer.apply_gradients(zip(grads[lo:hi], variables[lo:hi], strict=True))
-        return batch_sums(per_example, probs, y)
+        return sums
 
     return compile_steps(strategy, replica_step)
 
 
+def gradient_fn(model: keras.Model, variables: list, loss: keras.losses.Loss,
+                prepare: Prepare | None) -> Callable:
+    """``(x, y, global batch, loss scale or None) -> (batch sums, gradients)`` of one replica's
+    batch: the part of a train step that only touches this replica's copies of the weights."""
+    num_classes = model.output_shape[-1]
+
+    def gradients(x, y, global_batch, scale):
+        if prepare is not None:
+            x = prepare(x, True)
+        with tf.GradientTape() as tape:
+            probs = model(x, training=True)
+            per_example = loss(tf.one_hot(y, num_classes), probs)
+            total = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if model.losses:
+                total += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            if scale is not None:
+                total = total * scale
+        return batch_sums(per_example, probs, y), tape.gradient(total, variables)
+
+    return gradients
+
+
 def eval_steps(strategy: tf.distribute.Strategy, model: keras.Model,
-               loss: keras.losses.Loss) -> Steps:
+               loss: keras.losses.Loss, *, jit_compile: bool = False,
+               prepare: Prepare | None = None) -> Steps:
     """Loss and accuracy sums of ``model`` in inference mode."""
     num_classes = model.output_shape[-1]
 
     def replica_step(x, y):
+        if prepare is not None:
+            x = prepare(x, False)
         probs = model(x, training=False)
         return batch_sums(loss(tf.one_hot(y, num_classes), probs), probs, y)
 
-    return compile_steps(strategy, replica_step)
+    return compile_steps(strategy, xla(replica_step, jit_compile))
+
+
+def xla(fn: Callable, jit_compile: bool) -> Callable:
+    """``fn`` compiled with XLA on its own (called per replica inside the compiled loop, which
+    XLA cannot compile itself: it reads a dataset iterator), or ``fn`` unchanged.
+
+    The compiled function is called from a plain one: ``strategy.run`` given a ``tf.function``
+    lifts it around every replica (except when all are GPUs), and one XLA program may not reach
+    variables on several devices.
+    """
+    if not jit_compile:
+        return fn
+    compiled = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
+
+    def per_replica(*args):
+        return compiled(*args)
+
+    return per_replica
 
 
 def compile_steps(strategy: tf.distribute.Strategy, replica_step: Callable) -> Steps:
@@ -169,14 +220,19 @@ def run_steps(steps: Steps, strategy: tf.distribute.Strategy, batches: tf.data.D
 
 
 def predict_steps(strategy: tf.distribute.Strategy, model: keras.Model,
-                  loss: keras.losses.Loss) -> Callable[[Any], tuple]:
+                  loss: keras.losses.Loss, *, jit_compile: bool = False,
+                  prepare: Prepare | None = None) -> Callable[[Any], tuple]:
     """One step that gives the eval sums and, gathered from every replica, the labels and
-    probabilities of the batch: the test pass keeps its predictions for the report."""
+    float32 probabilities of the batch: the test pass keeps its predictions for the report."""
     num_classes = model.output_shape[-1]
 
-    def replica_step(x, y):
+    def forward(x, y):
+        if prepare is not None:
+            x = prepare(x, False)
         probs = tf.cast(model(x, training=False), tf.float32)
         return batch_sums(loss(tf.one_hot(y, num_classes), probs), probs, y), probs, y
+
+    replica_step = xla(forward, jit_compile)
 
     @tf.function(autograph=False)
     def step(iterator) -> tuple:
@@ -188,11 +244,13 @@ def predict_steps(strategy: tf.distribute.Strategy, model: keras.Model,
 
 
 def predict(strategy: tf.distribute.Strategy, model: keras.Model, loss: keras.losses.Loss,
-            ds: tf.data.Dataset, after_call: AfterCall | None = None,
+            ds: tf.data.Dataset, after_call: AfterCall | None = None, *,
+            jit_compile: bool = False, prepare: Prepare | None = None,
             ) -> tuple[EpochStats, np.ndarray, np.ndarray]:
     """Loss and accuracy over ``ds`` plus every example's label and probabilities, in one pass
     (one step per batch)."""
-    step, stats = predict_steps(strategy, model, loss), EpochStats()
+    step = predict_steps(strategy, model, loss, jit_compile=jit_compile, prepare=prepare)
+    stats = EpochStats()
     labels, probabilities = [], []
     iterator = iter(distribute.distribute(strategy, ds))
     for done in range(1, count_steps(ds) + 1):

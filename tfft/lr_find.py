@@ -23,7 +23,19 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from tfft import checkpoints, cli, distribute, fit, loop, phases, plots, rundir, schedules
+from tfft import (
+    accelerator,
+    checkpoints,
+    cli,
+    distribute,
+    fit,
+    fs,
+    loop,
+    phases,
+    plots,
+    rundir,
+    schedules,
+)
 from tfft.config import Config, validate
 from tfft.flags import config_from_flags, define_config_flags
 from tfft.phases import PhasePlan, RunSetup
@@ -68,7 +80,9 @@ def range_test(run: RunSetup, plan: PhasePlan, steps: int = DEFAULT_STEPS) -> Ra
         for optimizer, group in zip(optimizers, plan.groups, strict=True):
             optimizer.build(group.variables)
     step = loop.train_steps(run.strategy, plan.model, plan.groups, optimizers,
-                            loop.make_loss(run.config.train.label_smoothing))
+                            loop.make_loss(run.config.train.label_smoothing),
+                            jit_compile=accelerator.jit_compile(run.config, run.strategy),
+                            prepare=plan.prepare)
     rates, losses, smoothed, average = [], [], [], 0.0
     for iterator in itertools.islice(step_iterators(run, plan), steps):
         sums = step(iterator, tf.constant(1))
@@ -113,7 +127,7 @@ def auto_learning_rate(run: RunSetup, plan: PhasePlan, workdir: str) -> float:
     """``--<phase>_learning_rate=auto``: the run's saved result, or a new range test (its plot
     goes to ``lr_find_<phase>.png`` in the run directory)."""
     path = os.path.join(workdir, rundir.LR_FIND)
-    found = rundir.read_json(path) if os.path.exists(path) else {}
+    found = rundir.read_json(path) if fs.exists(path) else {}
     if plan.phase not in found:
         result = range_test(run, plan)
         plot(result, os.path.join(workdir, rundir.lr_find_png(plan.phase)),
@@ -140,7 +154,7 @@ def find(config: Config, phase: str, workdir: str, steps: int = DEFAULT_STEPS) -
             result = range_test(run, plan, steps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     plot(result, os.path.join(workdir, "lr_find.png"), f"LR range test, {phase} phase")
     return result
 

@@ -13,6 +13,7 @@ import math
 import keras
 import tensorflow as tf
 
+from tfft import precision
 from tfft.config import TrainConfig
 
 ONE_CYCLE_START_DIVISOR = 25.0  # one-cycle starts at lr / 25 ...
@@ -86,15 +87,19 @@ def discriminative_factor(depth: int, factor: float) -> float:
 def make_optimizer(cfg: TrainConfig,
                    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
                    ) -> keras.optimizers.Optimizer:
-    """The optimizer ``--optimizer`` names, at a fixed rate or a schedule."""
+    """The optimizer ``--optimizer`` names, at a fixed rate or a schedule; under float16 in a
+    ``LossScaleOptimizer`` (``tfft.precision``), whose ``iterations`` are the inner optimizer's
+    applied steps (a skipped step leaves the schedule where it was)."""
     name, momentum = cfg.optimizer, cfg.momentum
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=momentum)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate, momentum=momentum)
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate)
-    return keras.optimizers.Adam(learning_rate)
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum)
+    elif name == "rmsprop":
+        optimizer = keras.optimizers.RMSprop(learning_rate, momentum=momentum)
+    elif name == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    return precision.with_loss_scaling(optimizer)
 
 
 def group_rate(cfg: TrainConfig, learning_rate: float, factor: float, first_epoch: int,
