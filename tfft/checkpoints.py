@@ -16,16 +16,14 @@ the next phase's first checkpoint holds them; a completed run removes them all u
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import tensorflow as tf
 
-from tfft import diskspace, rundir
+from tfft import diskspace, fs, rundir
 from tfft.config import Config, RunConfig
 from tfft.errors import UserError
 
@@ -74,13 +72,13 @@ def prepare_workdir(workdir: str, config: Config, overwrite: bool,
     if overwrite:
         for name in RUN_FILES:
             path = os.path.join(workdir, name)
-            if os.path.exists(path):
-                os.remove(path)
+            if fs.exists(path):
+                fs.remove(path)
         for name in RUN_DIRS:
-            shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+            fs.rmtree(os.path.join(workdir, name))
         return None
     config_path = os.path.join(workdir, rundir.CONFIG)
-    if not os.path.exists(config_path):
+    if not fs.exists(config_path):
         return None
     saved = rundir.read_config(workdir)
     changed = [k for k, v in config.flat().items()
@@ -91,16 +89,15 @@ def prepare_workdir(workdir: str, config: Config, overwrite: bool,
                         f"{saved.flat()[k]!r} there, {config.flat()[k]!r} now); pass --overwrite "
                         "to replace it or choose another --workdir.")
     metrics_path = os.path.join(workdir, rundir.METRICS)
-    if os.path.exists(metrics_path):
+    if fs.exists(metrics_path):
         accuracy = rundir.read_json(metrics_path).get("test", {}).get("accuracy")
         raise UserError(f"--workdir: {workdir!r} holds a finished run (test accuracy "
                         f"{accuracy}); pass --overwrite to train it again or choose another "
                         "--workdir.")
     progress_path = os.path.join(workdir, PROGRESS)
-    if not os.path.exists(progress_path):
+    if not fs.exists(progress_path):
         return None
-    with open(progress_path) as f:
-        return Progress(**json.load(f))
+    return Progress(**rundir.read_json(progress_path))
 
 
 class PhaseCheckpointer:
@@ -135,7 +132,7 @@ class PhaseCheckpointer:
                 if name.startswith(os.path.basename(prefix)):
                     _remove(os.path.join(self.directory, name))
             raise
-        return os.path.relpath(path, self.workdir)
+        return fs.relpath(path, self.workdir)
 
     def save(self, progress: Progress) -> None:
         """Writes a checkpoint, then the progress record that points to it, then removes the
@@ -164,24 +161,24 @@ def prune(workdir: str, progress: Progress) -> None:
             if not any(path.startswith(prefix + ".") for prefix in keep):
                 _remove(path)
         if not _listdir(folder):
-            os.rmdir(folder)
+            fs.rmdir(folder)
 
 
 def remove_checkpoints(workdir: str) -> None:
     """Deletes every checkpoint of a run (a finished run is never resumed)."""
-    shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
+    fs.rmtree(os.path.join(workdir, CHECKPOINTS))
 
 
 def _listdir(path: str) -> list[str]:
-    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    return fs.listdir(path) if fs.isdir(path) else []
 
 
 def _remove(path: str) -> None:
     """A checkpoint's file, or a directory TensorFlow left from an interrupted write."""
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
+    if fs.isdir(path):
+        fs.rmtree(path)
     else:
-        os.remove(path)
+        fs.remove(path)
 
 
 class RunProgress:
@@ -190,12 +187,19 @@ class RunProgress:
 
     Made from ``prepare_workdir``'s result: None for a fresh run, else the interrupted run's
     record, whose finished phases are skipped and whose phase in progress resumes exactly.
+
+    ``source`` is the run directory that record came from when it is not ``workdir``: a
+    non-chief worker of a cluster resumes from the chief's record and checkpoints but saves into
+    its own temporary directory, so the checkpoints the record names are copied from the chief's
+    first (every restore then reads ``workdir``, as on one machine).
     """
 
-    def __init__(self, workdir: str, record: Progress | None):
+    def __init__(self, workdir: str, record: Progress | None, source: str | None = None):
         self.workdir = workdir
         self.record = record
         self.global_step = record.global_step if record else 0
+        if record is not None and source is not None and source != workdir:
+            copy_checkpoints(source, workdir, record)
 
     def finished(self, phase: str, model_variables: list) -> bool:
         """True when a resumed run already finished ``phase``; its final weights are loaded."""
@@ -232,6 +236,19 @@ class RunProgress:
         record.epoch, record.step, record.global_step = epoch, step, self.global_step
         record.partial = dict(partial or {})
         saver.save(record)
+
+
+def copy_checkpoints(source: str, workdir: str, record: Progress) -> None:
+    """Copies the checkpoints ``record`` names (its latest and its best epoch's) from run
+    directory ``source`` into ``workdir``, under the same relative paths."""
+    for relative in filter(None, (record.checkpoint, record.best_checkpoint)):
+        folder = os.path.dirname(os.path.join(source, relative))
+        target = os.path.dirname(os.path.join(workdir, relative))
+        fs.makedirs(target)
+        for name in fs.listdir(folder):
+            if name.startswith(os.path.basename(relative) + "."):
+                tf.io.gfile.copy(os.path.join(folder, name), os.path.join(target, name),
+                                 overwrite=True)
 
 
 def restore_model_variables(workdir: str, checkpoint_path: str, model_variables: list) -> None:

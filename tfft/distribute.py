@@ -5,16 +5,20 @@ global batch, split across ``num_replicas_in_sync`` replicas. ``default`` is no 
 ``one_device`` pins to the first GPU (or the CPU); ``mirrored`` uses all visible GPUs (or
 ``--num_gpus`` of them; without GPUs the CPU's logical devices, see ``--cpu_devices``);
 ``multi_worker`` reads the cluster from ``TF_CONFIG`` (``python -m tfft.launch`` makes one on
-this machine); ``tpu`` connects to ``--tpu`` (``local`` on a TPU VM, or a ``grpc://`` address / TPU
-name) through ``TPUClusterResolver`` and uses static batch shapes.
+this machine) and gives each worker only its share of every batch to read and decode
+(``WorkerBatches``); ``tpu`` connects to ``--tpu`` (``local`` on a TPU VM, or a ``grpc://``
+address / TPU name) through ``TPUClusterResolver`` and uses static batch shapes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -101,16 +105,170 @@ def needs_static_shapes(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.TPUStrategy)
 
 
-def distribute(strategy: tf.distribute.Strategy, ds: tf.data.Dataset):
-    """Distributes a batched dataset of global batches; workers shard it by data.
+def shards_input(strategy: tf.distribute.Strategy) -> bool:
+    """True where each worker builds only its share of every batch (``WorkerBatches``)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
-    ``AutoShardPolicy.DATA`` is the right policy for every source tfft has: in-memory arrays
-    (npz, the bundled sample, cached features) and image folders (a list of paths in memory) have
-    no files for FILE sharding to split, and TFDS splits carved by percent may span fewer files
-    than there are workers (FILE/AUTO would then fail or give uneven shards). Each worker builds
-    the same pipeline, shuffled once with the same seed before this call, and keeps its own share
-    of each global batch, so the global batch is the one the default strategy would train on.
+
+@dataclass(frozen=True)
+class WorkerBatches:
+    """One pass of global batches under MultiWorkerMirroredStrategy, each worker reading and
+    decoding only its own share.
+
+    ``build(ctx)`` is this worker's pipeline for TensorFlow's ``InputContext``: the common
+    seeded shuffle, ``worker_share``, then decoding and batches of the per-replica size. It
+    stands in for the ``tf.data.Dataset`` the loops take (``cardinality``, ``skip``): every
+    worker runs the same ``global_steps`` of the pass, one batch per local replica each.
     """
+
+    build: Callable[[tf.distribute.InputContext], tf.data.Dataset]
+    examples: int
+    global_batch: int
+    replicas: int
+    start: int = 0
+
+    @property
+    def steps(self) -> int:
+        return global_steps(self.examples, self.global_batch, self.replicas)[0]
+
+    def skip(self, n: int) -> WorkerBatches:
+        return dataclasses.replace(self, start=self.start + n)
+
+    def cardinality(self) -> int:
+        return max(self.steps - self.start, 0)
+
+    def for_worker(self, ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        """This worker's per-replica batches after the skipped steps."""
+        ds = self.build(ctx)
+        sizes = last_step_rebatch(self.examples, ctx, self.global_batch)
+        if sizes:
+            ds = ds.rebatch(sizes)
+        return ds.skip(self.start * _local_replicas(ctx))
+
+
+def global_steps(examples: int, global_batch: int, replicas: int = 1) -> tuple[int, int]:
+    """(steps, examples in the last step) of a pass over ``examples``.
+
+    A last step with fewer examples than replicas would give some replica an empty batch,
+    which convolutional models cannot take (TensorFlow's conv2d returns a zero-size batch's
+    input shape unchanged), so those examples join the step before; a whole split smaller than
+    the replicas is refused.
+    """
+    steps = -(-examples // global_batch)
+    last = examples - (steps - 1) * global_batch if steps else 0
+    if 0 < last < replicas:
+        if steps == 1:
+            raise UserError(f"--strategy: a split of {examples} example(s) cannot feed the "
+                            f"{replicas} replicas; give it at least {replicas}.")
+        return steps - 1, global_batch + last
+    return steps, last
+
+
+def per_replica_batch(ctx: tf.distribute.InputContext, global_batch: int) -> int:
+    """``--batch_size`` split over every replica of the cluster, which must divide it."""
+    replicas = ctx.num_replicas_in_sync
+    if global_batch % replicas:
+        raise UserError(f"--batch_size: expected a multiple of the {replicas} replicas of the "
+                        f"multi-worker cluster; received {global_batch}.")
+    return global_batch // replicas
+
+
+def _local_replicas(ctx: tf.distribute.InputContext) -> int:
+    return ctx.num_replicas_in_sync // ctx.num_input_pipelines
+
+
+def _bounds(n: int, parts: int, i: int) -> int:
+    """Where part ``i`` of ``n`` split into ``parts`` near-equal contiguous parts starts."""
+    return i * (n // parts) + min(i, n % parts)
+
+
+def worker_share(ds: tf.data.Dataset, ctx: tf.distribute.InputContext,
+                 global_batch: int) -> tf.data.Dataset:
+    """The elements of ``ds`` (of known size) this worker reads: of each global step's
+    consecutive elements, its contiguous slice (an equal one; of a short last step, a
+    near-equal one). Applied after the common shuffle and before decoding, the workers' slices
+    of step k, worker after worker and replica after replica, are exactly the default
+    strategy's global batch k, in its order (so gathered predictions keep the split's order)."""
+    keep = _in_share(int(ds.cardinality()), ctx, global_batch)
+    return ds.enumerate().filter(lambda i, _: keep(i)).map(lambda _, element: element)
+
+
+def _in_share(examples: int, ctx: tf.distribute.InputContext,
+              global_batch: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Whether positions ``i`` (int64, any shape) of a pass fall in this worker's share."""
+    steps, last = global_steps(examples, global_batch, ctx.num_replicas_in_sync)
+    per_replica_batch(ctx, global_batch)
+    workers, worker = ctx.num_input_pipelines, ctx.input_pipeline_id
+
+    def start(n: tf.Tensor, part: int) -> tf.Tensor:
+        return part * (n // workers) + tf.minimum(tf.constant(part, tf.int64), n % workers)
+
+    def keep(i: tf.Tensor) -> tf.Tensor:
+        step = tf.minimum(i // global_batch, steps - 1)
+        n = tf.where(step < steps - 1, tf.constant(global_batch, tf.int64), last)
+        at = i - step * global_batch
+        return (start(n, worker) <= at) & (at < start(n, worker + 1))
+
+    return keep
+
+
+def last_step_rebatch(examples: int, ctx: tf.distribute.InputContext,
+                      global_batch: int) -> list[int]:
+    """This worker's per-replica batch sizes for the whole pass when batching its share at the
+    per-replica size would not give each local replica one non-empty batch of the last step
+    (a merged last step, or several replicas per worker); empty when it does."""
+    steps, last = global_steps(examples, global_batch, ctx.num_replicas_in_sync)
+    if not steps:
+        return []
+    local, size = _local_replicas(ctx), per_replica_batch(ctx, global_batch)
+    workers, worker = ctx.num_input_pipelines, ctx.input_pipeline_id
+    mine = _bounds(last, workers, worker + 1) - _bounds(last, workers, worker)
+    if (local - 1) * size < mine <= local * size:
+        return []
+    tail = [_bounds(mine, local, j + 1) - _bounds(mine, local, j) for j in range(local)]
+    return [size] * ((steps - 1) * local) + tail
+
+
+def shard_count(examples: int, ctx: tf.distribute.InputContext, global_batch: int) -> int:
+    """How many of ``examples`` positions ``worker_share`` gives this worker (counted by the
+    very filter the pipeline applies, over positions instead of records)."""
+    positions = tf.range(examples, dtype=tf.int64)
+    return int(tf.reduce_sum(tf.cast(_in_share(examples, ctx, global_batch)(positions), tf.int64)))
+
+
+def input_context(strategy: tf.distribute.Strategy) -> tf.distribute.InputContext:
+    """The ``InputContext`` the strategy hands this worker's input function."""
+    seen: list[tf.distribute.InputContext] = []
+
+    def capture(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        seen.append(ctx)
+        return tf.data.Dataset.range(1)
+
+    strategy.distribute_datasets_from_function(capture)
+    return seen[0]
+
+
+def same_on_every_worker(strategy: tf.distribute.Strategy, values: list[int]) -> bool:
+    """True when every worker passed the same ``values`` (an all-gather: also a barrier)."""
+    mine = tf.constant([values], tf.int64)
+    gathered = strategy.gather(
+        strategy.experimental_distribute_values_from_function(lambda _: mine), axis=0).numpy()
+    return bool((gathered == gathered[0]).all())
+
+
+def distribute(strategy: tf.distribute.Strategy, batches: tf.data.Dataset | WorkerBatches):
+    """Distributes one pass of global batches: ``WorkerBatches`` through
+    ``distribute_datasets_from_function`` (each worker builds its share), a dataset by data.
+
+    ``AutoShardPolicy.DATA`` suits what still comes as a whole dataset (cached features, small
+    arrays in memory; single-machine strategies): in-memory arrays have no files for FILE
+    sharding to split, and TFDS splits carved by percent may span fewer files than there are
+    workers (FILE/AUTO would then fail or give uneven shards). Each worker builds the same
+    pipeline, shuffled once with the same seed, and keeps its own share of each global batch,
+    so the global batch is the one the default strategy would train on.
+    """
+    if isinstance(batches, WorkerBatches):
+        return strategy.distribute_datasets_from_function(batches.for_worker)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return strategy.experimental_distribute_dataset(ds.with_options(options))
+    return strategy.experimental_distribute_dataset(batches.with_options(options))

@@ -3,7 +3,8 @@
 Starts ``--num_workers`` copies of ``python -m tfft.train <flags> --strategy=multi_worker``
 concurrently, each with the standard ``TF_CONFIG`` naming free 127.0.0.1 ports, so
 MultiWorkerMirroredStrategy can be tried without a cluster. Worker 0 is the chief: it alone
-writes ``--workdir`` (the others train in temporary directories they remove). Output is streamed
+writes ``--workdir`` (the others train in temporary directories they remove); the same command
+after a crash resumes the run from the chief's checkpoints, on every worker. Output is streamed
 line by line with a ``[worker i]`` prefix. The first worker that fails stops the others (they
 would wait forever in collective ops); the launcher then exits with that worker's status, and
 with 124 when ``--timeout_s`` passes.

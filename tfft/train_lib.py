@@ -13,6 +13,7 @@ discriminative learning rates (``tfft.schedules``).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -21,10 +22,12 @@ from typing import Any
 import tensorflow as tf
 
 from tfft import (
+    accelerator,
     checkpoints,
     class_counts,
     distribute,
     fit,
+    fs,
     loop,
     lr_find,
     phases,
@@ -57,18 +60,49 @@ def train_and_evaluate(
     strategy = strategy or phases.run_strategy(config)
     chief = distribute.is_chief(strategy)
     record = checkpoints.prepare_workdir(workdir, config, overwrite, may_delete=chief)
-    if record is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        raise UserError(f"--workdir: {workdir!r} holds an interrupted multi-worker run; "
-                        "resuming one is not supported (every worker would need its position); "
-                        "pass --overwrite to start it again.")
-    out_dir = workdir if chief else tempfile.mkdtemp(prefix="tfft-worker-")
+    out_dir = workdir if chief else worker_dir(workdir, strategy)
     try:
+        resume = checkpoints.RunProgress(out_dir, record, source=workdir)
         callbacks = (*default_callbacks(config, workdir), *callbacks) if chief else ()
         with phases.setup_run(config, strategy) as run:
-            return run_training(run, out_dir, callbacks, record if chief else None)
+            if distribute.shards_input(strategy):
+                check_same_start(strategy, workdir, record)
+            return run_training(run, out_dir, callbacks, resume)
     finally:
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def worker_dir(workdir: str, strategy: tf.distribute.Strategy) -> str:
+    """A non-chief worker's own run directory, removed when it ends: every worker of a cluster
+    checkpoints (TensorFlow's pattern for custom loops; saving on the chief alone can
+    deadlock), the others into here. It is named after the run and the task, so one a killed
+    run left behind is cleared by the next; a resume reads the chief's record and checkpoints
+    (``RunProgress``) and its LR range test results (copied here)."""
+    resolver = strategy.cluster_resolver
+    digest = hashlib.sha256(fs.abspath(workdir).encode()).hexdigest()[:12]
+    path = os.path.join(tempfile.gettempdir(),
+                        f"tfft-worker-{resolver.task_type}-{resolver.task_id}-{digest}")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    found = os.path.join(workdir, rundir.LR_FIND)
+    if fs.exists(found):
+        tf.io.gfile.copy(found, os.path.join(path, rundir.LR_FIND))
+    return path
+
+
+def check_same_start(strategy: tf.distribute.Strategy, workdir: str,
+                     record: checkpoints.Progress | None) -> None:
+    """Every worker of a cluster must take the same decision (fresh run, or resume from the
+    same point); they cannot when the workers see different run directories (a ``--workdir``
+    on a disk of each machine). Also a barrier: no worker starts (and the chief changes its
+    run directory) before every worker has read it."""
+    point = [-1] * 4 if record is None else [
+        checkpoints.PHASES.index(record.phase), record.epoch, record.step, int(record.done)]
+    if not distribute.same_on_every_worker(strategy, point):
+        raise UserError(f"--workdir: the workers found different runs in {workdir!r} (each "
+                        "resumes from the chief's record there); give every worker a --workdir "
+                        "on storage they all read, e.g. gs://BUCKET/RUN.")
 
 
 def default_callbacks(config: Config, workdir: str) -> tuple[RunCallback, ...]:
@@ -78,13 +112,12 @@ def default_callbacks(config: Config, workdir: str) -> tuple[RunCallback, ...]:
 
 
 def run_training(run: phases.RunSetup, workdir: str, callbacks: tuple[RunCallback, ...],
-                 record: checkpoints.Progress | None) -> RunResult:
+                 resume: checkpoints.RunProgress) -> RunResult:
     """Both phases, the test pass and the run directory, for a prepared run."""
     config, clf = run.config, run.classifier
     params = phases.parameter_counts(clf, config)
     rundir.write_text(os.path.join(workdir, rundir.CONFIG), config.to_json() + "\n")
     print_summary(run, params)
-    resume = checkpoints.RunProgress(workdir, record)
     choose_rate = functools.partial(lr_find.auto_learning_rate, run, workdir=workdir)
     history = {phase: fit.train_phase(run, phase, resume, workdir, callbacks, choose_rate)
                for phase in phases.PHASES}
@@ -121,7 +154,8 @@ def test_pass(run: phases.RunSetup) -> tuple[loop.EpochStats, Predictions]:
 
     stats, labels, probabilities = loop.predict(
         run.strategy, run.classifier.model, loop.make_loss(run.config.train.label_smoothing),
-        batches, after_call)
+        batches, after_call, jit_compile=accelerator.jit_compile(run.config, run.strategy),
+        prepare=run.prepare)
     return stats, Predictions(labels, probabilities)
 
 
@@ -148,3 +182,15 @@ def print_summary(run: phases.RunSetup, params: dict[str, int]) -> None:
         f"{params['head_trainable']:,}, finetune phase {params['finetune_trainable']:,}")
     say(f"Strategy {config.run.strategy}: {replicas} replica(s); global batch "
         f"{config.data.batch_size}, per replica {config.data.batch_size // replicas}")
+    if distribute.shards_input(run.strategy):
+        say(input_share(run))
+
+
+def input_share(run: phases.RunSetup) -> str:
+    """This worker's share of the training split: how many examples it reads and decodes per
+    epoch, counted by the sharding filter its pipeline applies (over positions, not images)."""
+    ctx = distribute.input_context(run.strategy)
+    total = run.splits.sizes["train"]
+    mine = distribute.shard_count(total, ctx, run.config.data.batch_size)
+    return (f"Input: worker {ctx.input_pipeline_id} of {ctx.num_input_pipelines} reads "
+            f"{mine:,} of {total:,} training examples per epoch")
