@@ -105,7 +105,7 @@ def test_choices_and_bounds_live_in_the_field_metadata():
     assert {n for n, f in fields.items() if "choices" in f.metadata} == {
         "augment", "backbone", "pooling", "unfreeze_schedule", "optimizer", "lr_schedule",
         "cache_features", "mixed_precision", "cache_dtype", "strategy", "jit_compile",
-        "preprocess_on"}
+        "preprocess_on", "sampling", "class_weight", "calibrate", "tta"}
 
 
 def test_flag_help_shows_what_validate_accepts():

@@ -19,6 +19,8 @@ from tfft.fields import (
     BACKBONES,
     CACHE_DTYPES,
     CACHE_MODES,
+    CALIBRATIONS,
+    CLASS_WEIGHTS,
     DATASET_KINDS,
     DEFAULT_HUB_HANDLE,
     FRACTION,
@@ -29,8 +31,10 @@ from tfft.fields import (
     POSITIVE,
     PRECISIONS,
     PREPROCESS_PLACES,
+    SAMPLINGS,
     STRATEGIES,
     TRISTATE,
+    TTA_MODES,
     UNFREEZE_SCHEDULES,
     Interval,
     check_field,
@@ -57,7 +61,18 @@ class DataConfig:
     max_train_examples: int = _f(0, "At most this many training examples (0 = all).", NON_NEGATIVE)
     max_eval_examples: int = _f(
         0, "Use at most this many validation and test examples each (0 = all).", NON_NEGATIVE)
-    augment: tuple[str, ...] = _f((), "Training-only augmentations.", AUGMENTATIONS)
+    augment: tuple[str, ...] = _f(
+        (), "Training-only augmentations of the finetune phase (mixup and cutmix mix labels "
+        "too); the head phase keeps training on cached, unaugmented features unless "
+        "--augment_head.", AUGMENTATIONS)
+    augment_head: bool = _f(False, "Augment the head phase too (turns its feature cache off).")
+    randaugment_magnitude: float = _f(
+        0.5, "Strength of each RandAugment operation, from 0 to 1.", Interval(high=1.0))
+    randaugment_ops: int = _f(2, "RandAugment operations applied to each image.", POSITIVE)
+    mixup_alpha: float = _f(0.2, "MixUp's Beta(alpha, alpha) mixing parameter.", POSITIVE)
+    cutmix_alpha: float = _f(1.0, "CutMix's Beta(alpha, alpha) mixing parameter.", POSITIVE)
+    sampling: str = _f("none", "How training batches draw classes: as stored, or balanced (each "
+                       "class equally often).", SAMPLINGS)
     shuffle_buffer: int = _f(10000, "Shuffle buffer size for the training split.", POSITIVE)
 
 
@@ -119,6 +134,16 @@ class TrainConfig:
     optimizer: str = _f("adam", "Optimizer of both phases.", OPTIMIZERS)
     momentum: float = _f(0.9, "Momentum of sgd / rmsprop.", NON_NEGATIVE)
     label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss.", FRACTION)
+    class_weight: str = _f("none", "Loss weight of each class: none, or balanced (inverse to its "
+                           "training examples).", CLASS_WEIGHTS)
+    ema_decay: float = _f(
+        0.0, "Exponential moving average of the weights (e.g. 0.999); validation, test, "
+        "checkpoints, model.keras and the export use the averaged weights (0 = off).", FRACTION)
+    calibrate: str = _f("none", "After training, fit a temperature on the validation split and "
+                        "bake it into model.keras and the export.", CALIBRATIONS)
+    tta: str = _f("none", "Test-time augmentation of the test evaluation: the mean over the "
+                  "image and its mirror (flip) or also four corner crops (flip_crops).",
+                  TTA_MODES)
     lr_schedule: str = _f(
         "constant", "Learning-rate schedule of each phase, per step (cosine decays to 0; "
         "one_cycle rises from lr/25, then anneals to lr/1e4).", LR_SCHEDULES)

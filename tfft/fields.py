@@ -23,7 +23,12 @@ BACKBONES = ("convnext_small", "convnext_tiny", "efficientnet_v2_b0", "efficient
 POOLINGS = ("avg", "max", "flatten")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-AUGMENTATIONS = ("flip", "rotate", "zoom", "crop")
+AUGMENTATIONS = ("flip", "rotate", "zoom", "crop", "translate", "contrast", "brightness",
+                 "randaugment", "random_erasing", "mixup", "cutmix")
+TTA_MODES = ("none", "flip", "flip_crops")
+CLASS_WEIGHTS = ("none", "balanced")
+SAMPLINGS = ("none", "balanced")
+CALIBRATIONS = ("none", "temperature")
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DTYPES = ("float32", "float16")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
