@@ -117,7 +117,8 @@ def test_flag_help_shows_what_validate_accepts():
         if "bounds" in f.metadata:
             assert f.metadata["bounds"].describe() in fv[name].help, name
     assert fv["augment"].help.endswith("Accepts a comma list, each one of: flip, rotate, zoom, "
-                                       "crop.")
+                                       "crop, translate, contrast, brightness, randaugment, "
+                                       "random_erasing, mixup, cutmix.")
     assert fv["head_learning_rate"].help.endswith("Accepts auto or a positive number.")
 
 
