@@ -20,7 +20,7 @@ from tfft.config import Config
 from tfft.metrics import Predictions
 
 REPORT_FILES = ("metrics.csv", "training_curves.png", "confusion_matrix.png",
-                "sample_predictions.png", "report.md")
+                "sample_predictions.png", "calibration.png", "report.md")
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfft import calibration, export, metrics, model_files, plots, rundir
 from tfft import data as data_lib
-from tfft import export, metrics, model_files, plots, rundir
 from tfft.config import Config
 from tfft.errors import UserError
 from tfft.export_formats import SAVED_MODEL
@@ -42,16 +42,21 @@ class LoadedModel:
     source: str
 
 
-def load_for_evaluation(workdir: str = "", model: str = "") -> LoadedModel:
-    """A run's ``model.keras`` (``workdir``) or an exported model (``model``)."""
+def load_for_evaluation(workdir: str = "", model: str = "", tta: str = "none") -> LoadedModel:
+    """A run's ``model.keras`` (``workdir``), averaged over ``tta``'s test-time views, or an
+    exported model (``model``: its views, if any, are baked in at export, ``--export_tta``)."""
     if model:
+        if tta != "none":
+            raise UserError(f"--tta: applies to a run's model.keras (--workdir); an export "
+                            f"serves the views it was exported with (--export_tta); received "
+                            f"--tta={tta} with --model={model}.")
         return _load_export(model_files.resolve_model(model), workdir)
     if not workdir:
         raise UserError("--workdir/--model: expected a run directory or an exported model; "
                         "received neither.")
     config, keras_model = rundir.load_run(workdir)
     names = export.run_class_names(workdir, config)
-    serving = export.ServingFunctions(keras_model, names, config)
+    serving = export.ServingFunctions(keras_model, names, config, tta_mode=tta)
     return LoadedModel(serving.pixels, config, names,
                        os.path.join(workdir, rundir.MODEL))
 
@@ -80,12 +85,12 @@ def load_test_split(config: Config, test_dataset: str = "") -> tf.data.Dataset:
 
 
 def evaluate(workdir: str = "", model: str = "", test_dataset: str = "",
-             output_dir: str = "") -> dict[str, Any]:
+             output_dir: str = "", tta: str = "none") -> dict[str, Any]:
     """Evaluates; writes ``evaluation.json`` and its confusion-matrix image to ``output_dir``.
 
     ``output_dir`` defaults to ``workdir``, or the current directory for ``model`` alone.
     """
-    loaded = load_for_evaluation(workdir, model)
+    loaded = load_for_evaluation(workdir, model, tta)
     ds = load_test_split(loaded.config, test_dataset)
     predictions = metrics.predict_split(loaded.pixels, ds, loaded.config.data.batch_size)
     labels = predictions.labels
@@ -94,6 +99,8 @@ def evaluate(workdir: str = "", model: str = "", test_dataset: str = "",
                         f"knows {len(loaded.class_names)} classes.")
     result = metrics.classification_metrics(labels, predictions.predicted, loaded.class_names)
     result["model"] = loaded.source
+    result["tta"] = tta
+    result["ece"] = calibration.expected_calibration_error(predictions.probabilities, labels)
     result["test_dataset"] = test_dataset or loaded.config.data.test_dataset or (
         loaded.config.data.dataset + " (test split)")
     out = output_dir or workdir or "."
@@ -109,7 +116,8 @@ def format_report(result: dict[str, Any]) -> str:
     width = max(12, *(len(n) for n in names))
     lines = [f"Model {result['model']} on {result['test_dataset']}",
              f"Test accuracy: {result['accuracy']:.4f} ({result['examples']} examples), "
-             f"macro F1 {result['macro_f1']:.4f}", "",
+             f"macro F1 {result['macro_f1']:.4f}, calibration error (ECE) {result['ece']:.4f}"
+             + ("" if result.get("tta", "none") == "none" else f", TTA {result['tta']}"), "",
              f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
     for name in names:
         row = result["per_class"][name]
@@ -124,7 +132,8 @@ def main() -> None:
     from absl import flags
 
     values = flags.FLAGS
-    result = evaluate(values.workdir, values.model, values.test_dataset, values.output_dir)
+    result = evaluate(values.workdir, values.model, values.test_dataset, values.output_dir,
+                      values.tta)
     print(format_report(result))
 
 
@@ -141,6 +150,9 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", "", "Where evaluation.json and "
                         "evaluation_confusion_matrix.png go (default: --workdir, or the current "
                         "directory).")
+    flags.DEFINE_enum("tta", "none", ["none", "flip", "flip_crops"],
+                      "Test-time augmentation of a run's model.keras: the mean probabilities "
+                      "over the image and its mirror (flip), or also four corner crops.")
 
 
 if __name__ == "__main__":

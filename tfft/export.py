@@ -77,7 +77,7 @@ def export_model(model: keras.Model, class_names: Sequence[str], config: Config,
     ends as one line and leaves neither a version nor a temporary directory behind.
     """
     options = export_formats.check_options(options or ExportOptions())
-    serving = ServingFunctions(model, class_names, config, top_k)
+    serving = ServingFunctions(model, class_names, config, top_k, options.tta)
     diskspace.check_free(export_dir, estimated_bytes(model, options.formats, options.quantize),
                          WHAT)
     archive = _archive(model, serving) if SAVED_MODEL in options.formats else None
@@ -227,7 +227,7 @@ def main() -> None:
 
     values = flags.FLAGS
     options = ExportOptions(export_formats.parse_formats(values.format), values.quantize,
-                            values.litert_preprocess)
+                            values.litert_preprocess, values.export_tta)
     print(export_run(values.workdir, values.export_dir or None, values.top_k, options))
 
 
@@ -240,6 +240,7 @@ def define_flags() -> None:
         "format", [SAVED_MODEL], f"What to export: {', '.join(export_formats.FORMATS)} (repeat "
         "the flag or give a comma list); all go into the same version directory.")
     export_formats.define_litert_flags()
+    export_formats.define_tta_flag()
     if "workdir" not in flags.FLAGS:
         flags.DEFINE_string("workdir", "runs/default", "Run directory (config, metrics, model).")
     flags.DEFINE_string("export_dir", "", "Export base directory; versions are written to "

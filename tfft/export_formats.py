@@ -42,6 +42,7 @@ class ExportOptions:
     formats: tuple[str, ...] = (SAVED_MODEL,)
     quantize: str = "none"
     litert_preprocess: bool = False
+    tta: str = "none"  # test-time views baked into the SavedModel's signatures (tfft.tta)
 
 
 def parse_formats(values: Sequence[str], flag: str = "--format") -> tuple[str, ...]:
@@ -76,6 +77,10 @@ def check_options(options: ExportOptions) -> ExportOptions:
     litert_only = options.quantize != "none" or options.litert_preprocess
     if litert_only and LITERT not in options.formats:
         raise UserError(f"--quantize/--litert_preprocess: apply to --format={LITERT}; received "
+                        f"--format={','.join(options.formats)}.")
+    if options.tta != "none" and options.formats != (SAVED_MODEL,):
+        raise UserError(f"--export_tta: applies to the SavedModel's signatures only (LiteRT and "
+                        f"ONNX files hold one view); received "
                         f"--format={','.join(options.formats)}.")
     return options
 
@@ -124,6 +129,16 @@ def _valid_formats(values: Sequence[str]) -> bool:
     if problem:
         raise flags.ValidationError(problem)
     return True
+
+
+def define_tta_flag() -> None:
+    """``--export_tta``: test-time views inside the exported signatures."""
+    from absl import flags
+
+    flags.DEFINE_enum("export_tta", "none", ["none", "flip", "flip_crops"],
+                      "Bake test-time augmentation into the SavedModel's signatures: the mean "
+                      "probabilities over the image and its mirror (flip), or also four corner "
+                      "crops (flip_crops); 2x or 6x the serving compute.")
 
 
 def define_litert_flags() -> None:

@@ -1,4 +1,5 @@
-"""Every figure tfft draws: training curves, confusion matrix, sample predictions, LR range test.
+"""Every figure tfft draws: training curves, confusion matrix, sample predictions, LR range test,
+reliability diagram.
 
 Figures are built with matplotlib's object-oriented API (``matplotlib.figure.Figure``), never
 pyplot: ``Figure.savefig`` renders PNG without a backend, so drawing a figure neither needs a
@@ -19,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from tfft import fs
+from tfft.calibration import Reliability
 from tfft.metrics import Predictions
 
 DPI = 100
@@ -204,3 +206,37 @@ def plot_lr_range(rates: list[float], losses: list[float], smoothed: list[float]
                   suggestion: float, title: str, path: str) -> str:
     """Writes ``lr_range_figure`` as a PNG (``rundir.lr_find_png(phase)``); returns ``path``."""
     return save_png(lr_range_figure(rates, losses, smoothed, suggestion, title), path)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def reliability_figure(bins: Reliability) -> Figure:
+    """Accuracy against confidence per bin (bars; the diagonal is perfect calibration), with
+    each bin's share of the examples below: where the model says 0.9, how often is it right?"""
+    fig = Figure(figsize=(5.0, 5.6))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = np.diff(bins.edges)
+    filled = bins.count > 0
+    top.bar(bins.edges[:-1][filled], bins.accuracy[filled], width=width[filled], align="edge",
+            color="#4c72b0", edgecolor="white", label="accuracy")
+    top.bar(bins.edges[:-1][filled], (bins.confidence - bins.accuracy)[filled],
+            bottom=bins.accuracy[filled], width=width[filled], align="edge", color="#dd8452",
+            alpha=0.5, edgecolor="white", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(f"Reliability (ECE {bins.ece:.4f})")
+    top.legend(loc="upper left")
+    share = bins.count / max(int(bins.count.sum()), 1)
+    bottom.bar(bins.edges[:-1], share, width=width, align="edge", color="#8c8c8c")
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.set_ylabel("share")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(bins: Reliability, path: str) -> str:
+    """Writes ``reliability_figure`` as a PNG (``rundir.CALIBRATION_PNG``); returns ``path``."""
+    return save_png(reliability_figure(bins), path)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfft import class_counts, fs, metrics, plots, rundir
+from tfft import calibration, class_counts, fs, metrics, plots, rundir
 from tfft import data as data_lib
 from tfft.callbacks import RunCallback, RunResult
 from tfft.checkpoints import PHASES
@@ -100,14 +100,17 @@ def write_report(workdir: str, summary: RunSummary, predictions: metrics.Predict
                                             summary.class_names)
     paths = {name: os.path.join(workdir, name)
              for name in (rundir.METRICS_CSV, rundir.CURVES_PNG, rundir.CONFUSION_PNG,
-                          rundir.SAMPLES_PNG, rundir.REPORT_MD)}
+                          rundir.SAMPLES_PNG, rundir.CALIBRATION_PNG, rundir.REPORT_MD)}
     write_metrics_csv(rows, paths[rundir.METRICS_CSV])
     plots.plot_training_curves(rows, paths[rundir.CURVES_PNG])
     plots.plot_confusion_matrix(np.asarray(scores["confusion_matrix"]), summary.class_names,
                                 paths[rundir.CONFUSION_PNG])
     plots.plot_sample_predictions(predictions, images, summary.class_names,
                                   paths[rundir.SAMPLES_PNG])
-    rundir.write_text(paths[rundir.REPORT_MD], report_markdown(workdir, summary, rows, scores))
+    bins = calibration.reliability(predictions.probabilities, predictions.labels)
+    plots.plot_reliability(bins, paths[rundir.CALIBRATION_PNG])
+    text = report_markdown(workdir, summary, rows, scores, bins)
+    rundir.write_text(paths[rundir.REPORT_MD], text)
     return paths
 
 
@@ -180,7 +183,7 @@ def read_history(workdir: str) -> History:
 
 
 def report_markdown(workdir: str, summary: RunSummary, rows: list[dict[str, Any]],
-                    scores: dict[str, Any]) -> str:
+                    scores: dict[str, Any], bins: calibration.Reliability) -> str:
     """The human-readable summary; images are linked by relative path.
 
     ``scores`` is ``metrics.classification_metrics`` over the test predictions.
@@ -209,14 +212,27 @@ def report_markdown(workdir: str, summary: RunSummary, rows: list[dict[str, Any]
         "| class | precision | recall | f1 | support |",
         "| --- | ---: | ---: | ---: | ---: |",
         *_class_lines(scores["per_class"]), "",
+        *_calibration_lines(workdir, bins),
         "## Figures", "",
         f"![Training curves]({rundir.CURVES_PNG})", "",
         f"![Confusion matrix]({rundir.CONFUSION_PNG})", "",
         f"![Sample predictions]({rundir.SAMPLES_PNG})", "",
+        f"![Reliability diagram]({rundir.CALIBRATION_PNG})", "",
         f"Per-epoch numbers: [{rundir.METRICS_CSV}]({rundir.METRICS_CSV}). TensorBoard: "
         f"`tensorboard --logdir {workdir}`.", "",
     ]
     return "\n".join(lines)
+
+
+def _calibration_lines(workdir: str, bins: calibration.Reliability) -> list[str]:
+    """The test predictions' calibration error, and the temperature the run fitted."""
+    path = os.path.join(workdir, rundir.METRICS)
+    fitted = rundir.read_json(path).get("calibration", {}) if fs.isfile(path) else {}
+    how = (f" after temperature scaling (T = {fitted['temperature']:.3f}, fitted on the "
+           f"validation split: ECE there {fitted['validation_ece_before']:.4f} -> "
+           f"{fitted['validation_ece_after']:.4f})") if fitted else " (not calibrated)"
+    return [f"Expected calibration error (ECE, {len(bins.count)} bins) **{bins.ece:.4f}**"
+            f"{how}.", ""]
 
 
 def _data_lines(summary: RunSummary) -> list[str]:

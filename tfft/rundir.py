@@ -31,6 +31,7 @@ METRICS_CSV = "metrics.csv"
 CURVES_PNG = "training_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 SAMPLES_PNG = "sample_predictions.png"
+CALIBRATION_PNG = "calibration.png"  # reliability diagram of the test predictions
 REPORT_MD = "report.md"
 EVALUATION = "evaluation.json"  # tfft.evaluate's results
 EVALUATION_CONFUSION_PNG = "evaluation_confusion_matrix.png"  # the report keeps its own

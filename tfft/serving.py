@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tfft import backbones
+from tfft import backbones, tta
 from tfft.config import Config
 from tfft.errors import UserError
 from tfft.preprocess import decode_image, preprocess_images
@@ -23,12 +23,17 @@ class ServingFunctions:
 
     ``images`` takes encoded image bytes [batch] of any size; ``pixels`` takes uint8
     [batch, height, width, 1 or 3]. Both return ``probabilities``, ``class_ids``,
-    ``class_names``, ``top_k_class_names`` and ``top_k_probabilities``.
+    ``class_names``, ``top_k_class_names`` and ``top_k_probabilities``. With ``tta`` (a
+    ``tfft.tta`` mode) the probabilities are the mean over the test-time views.
     """
 
     def __init__(self, model: keras.Model, class_names: Sequence[str], config: Config,
-                 top_k: int = 5):
+                 top_k: int = 5, tta_mode: str = "none"):
         names = check_class_names(class_names)
+        if tta_mode not in tta.MODES:
+            raise UserError(f"--tta: expected one of {', '.join(tta.MODES)}; received "
+                            f"{tta_mode!r}.")
+        self.tta_mode = tta_mode
         if top_k < 1:
             raise UserError(f"--top_k: expected a positive number; received {top_k}.")
         self.model = model
@@ -59,7 +64,8 @@ class ServingFunctions:
         return self._outputs(tf.ensure_shape(inputs, [None, self.image_size, self.image_size, 3]))
 
     def _outputs(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = tf.cast(self.model(inputs, training=False), tf.float32)
+        probabilities = tta.mean_probabilities(
+            lambda views: self.model(views, training=False), inputs, self.tta_mode)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         top = tf.math.top_k(probabilities, k=self.top_k)
         return {

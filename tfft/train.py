@@ -24,6 +24,7 @@ export_formats.define_format_flag(
     "export_formats", [export_formats.SAVED_MODEL], "What the export step writes: saved_model, "
     "litert (float32), onnx (repeat the flag or give a comma list); python -m tfft.export "
     "--quantize=... writes quantised LiteRT files later.")
+export_formats.define_tta_flag()
 flags.DEFINE_boolean("overwrite", False,
                      "Replace a finished run or one with another config in --workdir "
                      "(an interrupted run with the same config is resumed without it).")
@@ -35,6 +36,10 @@ def check_flags() -> Config:
     rundir.check_writable(FLAGS.workdir, "workdir")
     if config.run.cache_dir:
         rundir.check_writable(config.run.cache_dir, "cache_dir")
+    if FLAGS.export:  # before training: a finished run is not trained again to fix its export
+        export_formats.check_options(export_formats.ExportOptions(
+            export_formats.parse_formats(FLAGS.export_formats, "--export_formats"),
+            tta=FLAGS.export_tta))
     return config
 
 
@@ -55,7 +60,8 @@ def main(config: Config) -> None:
 
         export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, rundir.EXPORT)
         options = ExportOptions(export_formats.parse_formats(FLAGS.export_formats,
-                                                             "--export_formats"))
+                                                             "--export_formats"),
+                                tta=FLAGS.export_tta)
         try:
             version_dir = export_model(result.classifier.model, result.class_names,
                                        result.config, export_dir, FLAGS.top_k, options)

@@ -12,6 +12,7 @@ discriminative learning rates (``tfft.schedules``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -22,16 +23,14 @@ from typing import Any
 import tensorflow as tf
 
 from tfft import (
-    accelerator,
     checkpoints,
     class_counts,
     distribute,
+    final_model,
     fit,
     fs,
-    loop,
     lr_find,
     phases,
-    progress,
     report,
     rundir,
     tensorboard,
@@ -40,7 +39,6 @@ from tfft.callbacks import RunCallback, RunResult
 from tfft.classifier import freeze_backbone
 from tfft.config import Config, validate
 from tfft.errors import UserError
-from tfft.metrics import Predictions
 
 
 def train_and_evaluate(
@@ -122,41 +120,27 @@ def run_training(run: phases.RunSetup, workdir: str, callbacks: tuple[RunCallbac
     history = {phase: fit.train_phase(run, phase, resume, workdir, callbacks, choose_rate)
                for phase in phases.PHASES}
     freeze_backbone(clf)
-    test, predictions = test_pass(run)
+    model, calibration = final_model.calibrated(run)
+    test, predictions = final_model.test_pass(run, model)
     metrics: dict[str, Any] = {
         "phases": {phase: [without_timings(row) for row in rows]
                    for phase, rows in history.items()},
         "parameters": params, "backbone": clf.backbone.identity,
         "class_names": list(run.splits.class_names),
-        "test": {"loss": test.mean_loss, "accuracy": test.accuracy, "examples": int(test.count)}}
-    rundir.save_model(clf.model, os.path.join(workdir, rundir.MODEL))
+        "test": final_model.test_metrics(test, predictions)}
+    if calibration:
+        metrics["calibration"] = calibration
+    rundir.save_model(model, os.path.join(workdir, rundir.MODEL))
     rundir.write_json(os.path.join(workdir, rundir.METRICS), metrics)
     if not config.run.keep_checkpoints:  # a finished run is never resumed
         checkpoints.remove_checkpoints(workdir)
-    result = RunResult(config, workdir, clf, run.splits, metrics, history, predictions)
+    result = RunResult(config, workdir, dataclasses.replace(clf, model=model), run.splits,
+                       metrics, history, predictions)
     for callback in callbacks:
         callback.on_run_end(result)
     run.say(f"Test accuracy: {test.accuracy:.4f} (loss {test.mean_loss:.4f}, "
             f"{int(test.count)} examples)")
     return result
-
-
-def test_pass(run: phases.RunSetup) -> tuple[loop.EpochStats, Predictions]:
-    """The one pass of the test split through the model: its loss and accuracy, and every
-    example's probabilities for the report and TensorBoard."""
-    batches = run.batches(run.splits.test)
-    bar = progress.progress_bar(loop.count_steps(batches), "Test evaluation",
-                                run.config.run.verbosity)
-
-    def after_call(done: int, stats: loop.EpochStats) -> None:
-        if bar:
-            bar.update(done, [("loss", stats.mean_loss), ("accuracy", stats.accuracy)])
-
-    stats, labels, probabilities = loop.predict(
-        run.strategy, run.classifier.model, loop.make_loss(run.config.train.label_smoothing),
-        batches, after_call, jit_compile=accelerator.jit_compile(run.config, run.strategy),
-        prepare=run.prepare)
-    return stats, Predictions(labels, probabilities)
 
 
 def without_timings(row: dict[str, Any]) -> dict[str, Any]:
