@@ -12,6 +12,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 ENCODED = "encoded"  # the key of an encoded image record (see tfft.data.Splits)
+SHAPE = "shape"  # with ENCODED: an empty uint8 [H, W, C, 0] whose static shape is the image's
 Normalizer = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -71,15 +72,39 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     return image
 
 
+def fixed_shape_record(encoded: tf.Tensor, shape: tuple[int, int, int]) -> dict[str, tf.Tensor]:
+    """The record of an encoded image whose decoded shape is known (MNIST, CIFAR from TFDS).
+
+    The shape travels in the record's static spec, through the shuffle, ``--max_*_examples``
+    and the multi-worker share, to ``load_images``, whatever reads the raw split: an empty
+    tensor holds it, so the record costs no more memory than the bytes.
+    """
+    return {ENCODED: encoded, SHAPE: tf.zeros((*shape, 0), tf.uint8)}
+
+
+def decode_fixed_shape(encoded: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:
+    """PNG/JPEG bytes of an image of known ``shape`` -> uint8 [H, W, C] of that static shape,
+    with its own channel count (1 for MNIST), decoded as TFDS would decode it."""
+    image = tf.io.decode_image(encoded, channels=shape[-1], expand_animations=False)
+    return tf.ensure_shape(image, shape)
+
+
 def load_images(ds: tf.data.Dataset) -> tf.data.Dataset:
     """(uint8 image, label) examples of a raw split, whose records may be image file paths
-    (image folders) or ``{ENCODED: bytes}`` (TFDS photos): those are read and decoded here,
-    lazily."""
+    (image folders) or ``{ENCODED: bytes}`` (TFDS images, with ``SHAPE`` those of a fixed
+    shape): those are read and decoded here, lazily, after the shuffle and the worker's share."""
     spec = ds.element_spec[0]
-    if isinstance(spec, dict):
+    if isinstance(spec, dict) and SHAPE in spec:
+        shape = spec[SHAPE].shape[:-1]
+
+        def read(record: dict, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return decode_fixed_shape(record[ENCODED], shape), label
+    elif isinstance(spec, dict):
+
         def read(record: dict, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return decode_image(record[ENCODED]), label
     elif spec.dtype == tf.string:
+
         def read(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return decode_image(tf.io.read_file(path)), label
     else:

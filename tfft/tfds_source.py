@@ -10,12 +10,14 @@ download=True)`` would retry for minutes (STACK_FACTS §2), so the network is pr
 
 from __future__ import annotations
 
+import functools
 import socket
+from collections.abc import Callable
 
 import tensorflow as tf
 
 from tfft.errors import UserError
-from tfft.preprocess import ENCODED
+from tfft.preprocess import ENCODED, fixed_shape_record
 from tfft.raw_splits import RawSplits
 
 DOWNLOAD_HOST = "storage.googleapis.com"
@@ -37,15 +39,20 @@ def load_tfds(name: str, data_dir: str | None, fractions: tuple[float, float]) -
     features = info.features  # a tfds FeaturesDict: supports "in" and [], not .get
     label = features["label"] if "label" in features else None  # noqa: SIM401
     if label is None or not hasattr(label, "names"):
-        raise UserError(f"--dataset: expected an image classification dataset with a 'label' "
-                        f"feature; {name!r} has {sorted(info.features)}.")
+        raise UserError(
+            f"--dataset: expected an image classification dataset with a 'label' "
+            f"feature; {name!r} has {sorted(info.features)}."
+        )
     split_names = tfds_split_names(set(info.splits.keys()) or {"train", "test"}, fractions)
     image_key = (info.supervised_keys or ("image",))[0]
-    encoded = _variable_size(features[image_key] if image_key in features else None)  # noqa: SIM401
-    read = dict(split=list(split_names), as_supervised=True, shuffle_files=False,
-                decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
-    cast = _encoded_record if encoded else _cast_label
-    train, val, test = (ds.map(cast) for ds in _read(builder, name, data_dir, read))
+    cast = _record_maker(features[image_key] if image_key in features else None)  # noqa: SIM401
+    read = dict(
+        split=list(split_names),
+        as_supervised=True,
+        shuffle_files=False,
+        decoders={image_key: tfds.decode.SkipDecoding()} if cast else None,
+    )
+    train, val, test = (ds.map(cast or _cast_label) for ds in _read(builder, name, data_dir, read))
     return RawSplits(train, val, test, tuple(label.names))
 
 
@@ -83,17 +90,30 @@ def tfds_split_names(available: set[str], fractions: tuple[float, float]) -> tup
     test = "test" if "test" in available else f"train[{100 - test_pct}%:]"
     if "validation" in available:
         return f"train[:{100 - test_pct}%]", "validation", test
-    return (f"train[:{100 - test_pct - val_pct}%]",
-            f"train[{100 - test_pct - val_pct}%:{100 - test_pct}%]", test)
+    return (
+        f"train[:{100 - test_pct - val_pct}%]",
+        f"train[{100 - test_pct - val_pct}%:{100 - test_pct}%]",
+        test,
+    )
 
 
-def _variable_size(image_feature: object) -> bool:
-    """True for a TFDS image feature of varying height or width (photos, usually large): such
-    images stay encoded until after the training shuffle, so its buffer holds bytes (a 10,000-
-    example buffer of decoded 500 x 375 photos would take 5.6 GB). Fixed-size images (MNIST,
-    CIFAR) are small, and arrive decoded so that they can be resized a batch at a time."""
-    shape = getattr(image_feature, "shape", None)
-    return shape is not None and len(shape) == 3 and None in shape[:2]
+def _record_maker(image_feature: object) -> Callable | None:
+    """How the image feature's bytes, read undecoded, become a record; None for features
+    TFDS must decode itself (fixed-size ones other than uint8 images of 1 or 3 channels).
+
+    Images stay encoded until after the training shuffle and the multi-worker share
+    (``tfft.distribute.worker_share``): each worker then decodes only its own share, and the
+    shuffle buffer holds bytes (a 10,000-example buffer of decoded 500 x 375 photos would take
+    5.6 GB). Fixed-size images (MNIST, CIFAR) keep their shape in the record
+    (``preprocess.fixed_shape_record``), so they decode to it and are resized a batch at a time.
+    """
+    shape = tuple(getattr(image_feature, "shape", None) or ())
+    if len(shape) == 3 and None in shape[:2]:
+        return _encoded_record  # decoded to RGB, whatever its channels (preprocess.decode_image)
+    dtype = getattr(image_feature, "tf_dtype", None)
+    if len(shape) != 3 or shape[-1] not in (1, 3) or dtype != tf.uint8:
+        return None
+    return functools.partial(_fixed_size_record, shape=shape)
 
 
 def _cast_label(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -103,6 +123,13 @@ def _cast_label(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
 def _encoded_record(encoded: tf.Tensor, label: tf.Tensor) -> tuple[dict, tf.Tensor]:
     encoded, label = _cast_label(encoded, label)
     return {ENCODED: encoded}, label
+
+
+def _fixed_size_record(
+    encoded: tf.Tensor, label: tf.Tensor, shape: tuple[int, int, int]
+) -> tuple[dict, tf.Tensor]:
+    encoded, label = _cast_label(encoded, label)
+    return fixed_shape_record(encoded, shape), label
 
 
 def _online(host: str = DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
