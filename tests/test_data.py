@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import ROOT, write_image_folder
 
+from tfft import augment
 from tfft import data as data_lib
 from tfft.config import DataConfig
 from tfft.errors import UserError
@@ -175,7 +176,7 @@ def test_tfds_source_under_mock_data(name, shape):
         assert splits.num_classes == 10
         assert splits.sizes["test"] == 20
         assert 0 < splits.sizes["validation"] < splits.sizes["train"] + splits.sizes["validation"]
-        image, label = next(iter(splits.train))
+        image, label = next(iter(data_lib.load_images(splits.train)))
         assert tuple(image.shape) == shape and label.dtype == tf.int32
 
 
@@ -281,10 +282,11 @@ def test_tfds_offline_cli_prints_one_line_and_writes_nothing(tmp_path, given_dat
 
 
 def test_augmenter_changes_training_images_only():
-    aug = data_lib.make_augmenter(("flip", "rotate", "zoom", "crop"), seed=0)
+    cfg = DataConfig(augment=("flip", "rotate", "zoom", "crop"))
+    aug = augment.make_augmenter(cfg, 0, lambda x: x / 127.5 - 1.0, 10)
     images = tf.random.uniform((4, 32, 32, 3))
-    assert aug(images).shape == images.shape
-    assert data_lib.make_augmenter((), seed=0) is None
+    assert aug(images, tf.zeros([4], tf.int32), 0, 1)[0].shape == images.shape
+    assert augment.make_augmenter(DataConfig(), 0, lambda x: x, 10) is None
 
 
 # ---------------------------------------------------------------- large images, class counts

@@ -130,11 +130,14 @@ def test_changed_features_get_a_new_key_and_are_recomputed(runs, extractions, tm
     assert len(entries(runs["root"]) - before) == 2, "two new entries next to the old ones"
 
 
-def test_augmentation_turns_the_cache_off_and_says_why(tmp_path, capsys, extractions):
-    head_run(tmp_path, "aug", cache_features="disk", augment=("flip",), head_epochs=1,
-             verbosity=1)
-    assert "Feature cache off: augmentation" in capsys.readouterr().out
-    assert extractions.calls == 0 and entries(tmp_path) == set()
+def test_augmentation_keeps_the_head_on_the_cache_unless_augment_head(tmp_path, capsys,
+                                                                       extractions):
+    head_run(tmp_path, "aug", cache_features="disk", augment=("flip",), head_epochs=1)
+    assert extractions.calls == 2 and len(entries(tmp_path)) == 2
+    head_run(tmp_path / "head", "aug", cache_features="disk", augment=("flip",), head_epochs=1,
+             augment_head=True, verbosity=1)
+    assert "Feature cache off: --augment_head" in capsys.readouterr().out
+    assert extractions.calls == 2 and entries(tmp_path / "head") == set()
 
 
 def test_auto_streams_features_to_disk_when_they_would_not_fit_in_memory(

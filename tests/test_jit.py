@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_config
 
-from tfft import feature_cache, loop, train_lib
+from tfft import feature_cache, loop, predict_loop, train_lib
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 TOLERANCE = 1e-5
@@ -48,7 +48,7 @@ def dense_epoch(strategy: tf.distribute.Strategy, jit_compile: bool) -> dict[str
     train = loop.run_steps(steps, strategy, ds, per_call=2)
     val = loop.run_steps(loop.eval_steps(strategy, model, loss, jit_compile=jit_compile),
                          strategy, ds)
-    stats, _, probs = loop.predict(strategy, model, loss, ds, jit_compile=jit_compile)
+    stats, _, probs = predict_loop.predict(strategy, model, loss, ds, jit_compile=jit_compile)
     return {"weights": [v.numpy().ravel().tolist() for v in model.weights],
             "sums": [train.loss, val.loss, stats.loss], "probs": probs.ravel().tolist()}
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import SHARED_DATA, tiny_config, write_image_folder
 
-from tfft import backbones, export, loop, lr_find, phases, train_lib
+from tfft import augment, backbones, export, loop, lr_find, phases, train_lib
 from tfft import data as data_lib
 from tfft.device_inputs import make_prepare
 
@@ -62,29 +62,34 @@ def test_device_inputs_equal_host_inputs(source, training, mixed_dataset):
         np.testing.assert_allclose(prepare(dx, False).numpy(), hx.numpy(), rtol=0, atol=TOLERANCE)
 
 
-def test_device_pipeline_refuses_an_augmenter():
-    config = tiny_config()
-    splits = data_lib.load_splits(config.data, config.train.seed)
-    with pytest.raises(ValueError, match="device"):
-        data_lib.make_batches(
-            splits.train,
-            config.data,
-            lambda x: x,
-            training=True,
-            seed=0,
-            augmenter=lambda x: x,
-            on_device=True,
-        )
+def test_device_pipeline_tags_augmented_training_batches_for_the_step():
+    config = tiny_config(augment=("flip",))
+    with phases.setup_run(config.replace(preprocess_on="device")) as run:
+        tagged = [x for x, _ in run.train_batches(5)]
+        plain = [x for x, _ in run.train_batches(5, augment=False)]
+    assert [t[augment.INDEX].numpy().tolist() for t in tagged] == [
+        [i] * len(p) for i, p in enumerate(plain)
+    ]
+    for t, p in zip(tagged, plain, strict=True):
+        assert t[augment.IMAGES].dtype == tf.uint8, "raw: augmented in the step"
+        np.testing.assert_array_equal(t[augment.IMAGES].numpy(), p.numpy())
+        assert set(t[augment.SEED].numpy().tolist()) == {5}
 
 
 def test_prepare_augments_in_training_only():
-    augmenter = data_lib.make_augmenter(("flip", "crop"), seed=3)
     normalize = backbones.normalizer(tiny_config().model)
-    prepare = make_prepare(32, normalize, augmenter)
+    cfg = tiny_config(augment=("flip", "crop")).data
+    augmenter = augment.make_augmenter(cfg, 3, normalize, 10)
+    prepare = make_prepare(32, normalize, augmenter.on_device)
     images = tf.constant(np.random.default_rng(0).integers(0, 255, (8, 28, 28, 1), np.uint8))
-    plain = data_lib.preprocess_images(images, 32, normalize).numpy()
-    np.testing.assert_array_equal(prepare(images, False).numpy(), plain)
-    assert np.abs(prepare(images, True).numpy() - plain).max() > 0.1
+    plain = data_lib.preprocess_images(images, 32, normalize)
+    tagged = augment.tag(images, 2, 9)
+    np.testing.assert_array_equal(prepare(images, False).numpy(), plain.numpy())
+    np.testing.assert_array_equal(prepare(tagged, False).numpy(), plain.numpy())
+    on_device = prepare(tagged, True).numpy()
+    assert np.abs(on_device - plain.numpy()).max() > 0.1
+    host, _ = augmenter(plain, tf.zeros([8], tf.int32), tf.constant(2, tf.int64), 9)
+    np.testing.assert_allclose(on_device, host.numpy(), rtol=0, atol=1e-5)
 
 
 def test_auto_is_host_on_cpu_and_device_sends_raw_batches():
@@ -97,6 +102,7 @@ def test_auto_is_host_on_cpu_and_device_sends_raw_batches():
         plan = phases.finetune_plan(run)
         assert plan.prepare is run.prepare
         x, _ = next(iter(plan.batches(1)))
+        x = x[augment.IMAGES]
         assert x.dtype == tf.uint8 and x.shape[1:] == (28, 28, 1), "not augmented on the host"
 
 
@@ -186,7 +192,7 @@ def evaluate_final_model(result: train_lib.RunResult, split: str) -> loop.EpochS
 def test_device_mode_augments_training_batches_only(tmp_path_factory):
     augmented = finished_run(tmp_path_factory, "device", augment=("flip", "crop"))
     plain = finished_run(tmp_path_factory, "device", cache_features="off")
-    first = [r["phases"]["head"][0]["loss"] for r in (augmented.metrics, plain.metrics)]
+    first = [r["phases"]["finetune"][0]["loss"] for r in (augmented.metrics, plain.metrics)]
     assert abs(first[0] - first[1]) > 1e-4, "training batches were not augmented"
     last = augmented.metrics["phases"]["finetune"][-1]
     val = evaluate_final_model(augmented, "validation")

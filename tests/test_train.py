@@ -110,10 +110,11 @@ def test_zero_epoch_phases_and_parameter_counts(tmp_path):
         result.classifier.head.trainable_weights)
 
 
-def test_augmentation_turns_the_feature_cache_off(tmp_path, capsys):
-    config = tiny_config(head_epochs=1, finetune_epochs=0, augment=("flip",), verbosity=1)
+def test_augment_head_turns_the_feature_cache_off(tmp_path, capsys):
+    config = tiny_config(head_epochs=1, finetune_epochs=0, augment=("flip",), augment_head=True,
+                         verbosity=1)
     train_lib.train_and_evaluate(config, str(tmp_path))
-    assert "Feature cache off: augmentation" in capsys.readouterr().out
+    assert "Feature cache off: --augment_head" in capsys.readouterr().out
 
 
 def run_cli(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:

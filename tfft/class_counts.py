@@ -16,6 +16,14 @@ EXTREMES = 3
 Counts = dict[str, tuple[int, ...]]  # split -> examples per class id
 
 
+def balanced_weights(per_class: Sequence[int]) -> tuple[float, ...]:
+    """``--class_weight=balanced``: ``N / (C * n_c)`` per class (scikit-learn's "balanced"),
+    so every class adds the same total weight to an epoch's loss and the mean weight of an
+    example stays 1. A class with no training examples gets 0 (no example carries it; a soft
+    label's share of it then adds nothing)."""
+    total, classes = sum(per_class), len(per_class)
+    return tuple(total / (classes * n) if n else 0.0 for n in per_class)
+
 
 def summary_lines(class_names: Sequence[str], counts: Counts) -> list[str]:
     """One line per non-empty split: every class's count, or for many classes the range and

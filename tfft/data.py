@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from tfft import distribute
+from tfft import augment, distribute
+from tfft.augment import Augmenter
 from tfft.config import DataConfig
 from tfft.errors import UserError
 from tfft.image_files import list_image_folder
@@ -38,7 +39,7 @@ from tfft.sources import load_source
 
 __all__ = [
     "ENCODED", "Normalizer", "Splits", "carve", "decode_image", "list_image_folder",
-    "load_images", "load_splits", "make_augmenter", "make_batches", "preprocess_images", "to_rgb",
+    "load_images", "load_splits", "make_batches", "preprocess_images", "to_rgb",
 ]
 
 
@@ -47,9 +48,10 @@ class Splits:
     """Raw, unbatched splits of one dataset plus the class names they share.
 
     Examples are (record, int32 label); a record is a uint8 image, for image folders and CSV
-    files the file's path, or for TFDS datasets of varying image sizes
-    ``{ENCODED: the image's bytes}``. ``load_images`` reads and decodes the last two after the
-    training shuffle, so its buffer never holds decoded photos.
+    files the file's path, or for TFDS datasets ``{ENCODED: the image's bytes}`` (with ``SHAPE``
+    for fixed-size images, ``preprocess.fixed_shape_record``). ``load_images`` reads and decodes
+    the last two after the training shuffle and the worker's share, so its buffer never holds
+    decoded photos and each worker of a cluster decodes only its own examples.
 
     ``counts`` holds each split's examples per class id, from the labels the source knew (no
     pass over the images); a split whose labels its source did not know (TFDS) has no entry.
@@ -107,12 +109,13 @@ def make_batches(
     *,
     training: bool,
     seed: int,
-    augmenter: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    augmenter: Augmenter | None = None,
     drop_remainder: bool = False,
     on_device: bool = False,
     input_context: tf.distribute.InputContext | None = None,
+    num_classes: int = 0,
 ) -> tf.data.Dataset:
-    """Shuffles (training only), batches and preprocesses raw examples, lazily.
+    """Shuffles (training only, or ``balanced``), batches and preprocesses examples, lazily.
 
     Image files are read after the shuffle, so its buffer holds paths, not decoded images.
 
@@ -123,21 +126,58 @@ def make_batches(
     steps (``tfft.device_inputs``): same-size images go out as uint8 batches at their stored
     size and channels; mixed sizes, which cannot be batched so, are resized per example to
     ``image_size`` here (float32, not normalised), so the device's resize is a no-op on them.
-    Augmentation runs after preprocessing, so on the device too: ``augmenter`` is refused then.
+    Augmentation runs after preprocessing, so on the device too: the batches are then tagged for
+    it (``tfft.augment``); either way a batch's draws depend on ``seed`` and its index only.
 
     With ``input_context`` (multi-worker) only this worker's share of the commonly seeded shuffle
     (``distribute.worker_share``) is read, decoded and preprocessed, in per-replica batches.
     """
-    if on_device and augmenter is not None:
-        raise ValueError("make_batches(on_device=True) leaves augmentation to the device step")
     if training:
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = _training_order(ds, cfg, seed, num_classes)
     ds, batch_size = _share(ds, cfg.batch_size, input_context)
     ds = _batch_and_preprocess(load_images(ds), cfg, normalize, batch_size,
                                drop_remainder=drop_remainder, on_device=on_device)
-    if training and augmenter is not None:
-        ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        ds = augment.augment_batches(ds, augmenter, seed, on_device)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _training_order(ds: tf.data.Dataset, cfg: DataConfig, seed: int,
+                    num_classes: int) -> tf.data.Dataset:
+    """One epoch's training examples: shuffled, or drawn class-balanced (``--sampling``)."""
+    sample = sampler(cfg, num_classes, seed)
+    if sample:
+        return sample(ds)
+    return ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+
+def sampler(cfg: DataConfig, num_classes: int,
+            seed: int) -> Callable[[tf.data.Dataset], tf.data.Dataset] | None:
+    """``--sampling=balanced``'s draw of one epoch (``balanced``), or None (shuffle)."""
+    if cfg.sampling != "balanced":
+        return None
+    return functools.partial(balanced, num_classes=num_classes, seed=seed,
+                             shuffle_buffer=cfg.shuffle_buffer)
+
+
+def balanced(ds: tf.data.Dataset, num_classes: int, seed: int,
+             shuffle_buffer: int) -> tf.data.Dataset:
+    """An epoch of ``(record, label)`` examples drawn with each class equally likely: as many
+    as ``ds`` holds (so an epoch keeps its number of steps), each class's examples reshuffled
+    and repeated as needed (the minority's repeat, the majority's are only partly seen), all
+    from ``seed`` (the epoch's), so a resumed epoch draws the same ones. A class without
+    examples is left out. Runs on the records, before any image is read: only labels are
+    looked at."""
+    if num_classes <= 0:
+        raise ValueError("balanced sampling needs the number of classes")
+    size = int(ds.cardinality())
+    per_class = [ds.filter(lambda _, y, c=c: tf.equal(tf.cast(y, tf.int64), c))
+                 .shuffle(shuffle_buffer, seed=seed * num_classes + c,
+                          reshuffle_each_iteration=True).repeat()
+                 for c in range(num_classes)]
+    mixed = tf.data.Dataset.sample_from_datasets(per_class, [1.0 / num_classes] * num_classes,
+                                                 seed=seed)
+    return mixed.take(size).apply(tf.data.experimental.assert_cardinality(size))
 
 
 def _share(ds: tf.data.Dataset, global_batch: int, ctx: tf.distribute.InputContext | None,
@@ -193,22 +233,6 @@ def _example_resizer(image_size: int):
         return resize_images(image, image_size), label
 
     return resize
-
-
-def make_augmenter(names: tuple[str, ...], seed: int) -> Callable[[tf.Tensor], tf.Tensor] | None:
-    """Keras preprocessing layers for the requested augmentations (training split only)."""
-    import keras
-
-    layers = {
-        "flip": lambda: keras.layers.RandomFlip("horizontal", seed=seed),
-        "rotate": lambda: keras.layers.RandomRotation(0.05, seed=seed),
-        "zoom": lambda: keras.layers.RandomZoom(0.1, seed=seed),
-        "crop": lambda: keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
-    }
-    if not names:
-        return None
-    pipeline = keras.Sequential([layers[n]() for n in names])
-    return lambda images: pipeline(images, training=True)
 
 
 def _cap(ds: tf.data.Dataset, limit: int) -> tf.data.Dataset:

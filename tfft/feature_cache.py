@@ -48,6 +48,7 @@ LABEL_DTYPE = np.dtype("<i4")
 MEMORY_LIMIT_BYTES = 1 << 30
 
 Forward = Callable[[tf.Tensor], tf.Tensor]
+Sample = Callable[[tf.data.Dataset], tf.data.Dataset]  # --sampling=balanced (tfft.data.balanced)
 
 
 def on_disk(mode: str, count: int, dim: int, dtype: str, say: Callable[[str], None]) -> bool:
@@ -75,7 +76,7 @@ class CachedSplit:
     lock: IO[bytes] | None = field(default=None, repr=False, compare=False)
 
     def batches(self, batch_size: int, *, shuffle_buffer: int = 0, seed: int | None = None,
-                drop_remainder: bool = False) -> tf.data.Dataset:
+                drop_remainder: bool = False, sample: Sample | None = None) -> tf.data.Dataset:
         """Batches of (float32 features, int32 labels), streamed from disk for a disk entry.
 
         Memory and disk entries shuffle identically (same element count, buffer and seed), so
@@ -89,8 +90,9 @@ class CachedSplit:
                 os.path.join(self.path, FEATURES_FILE), record, buffer_size=1 << 20,
             ).apply(tf.data.experimental.assert_cardinality(self.count))
         ds = tf.data.Dataset.zip((rows, tf.data.Dataset.from_tensor_slices(self.labels)))
-        if shuffle_buffer:
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if sample or shuffle_buffer:
+            ds = sample(ds) if sample else ds.shuffle(shuffle_buffer, seed=seed,
+                                                      reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         if self.features is None or self.features.dtype != tf.float32:
             ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)

@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfft import accelerator, calibration, loop, phases, progress, tta
+from tfft import accelerator, calibration, loop, phases, predict_loop, progress, tta
 from tfft.metrics import Predictions
 
 
@@ -28,7 +28,7 @@ def predictions(run: phases.RunSetup, model: keras.Model, ds: tf.data.Dataset, t
         if bar:
             bar.update(done, [("loss", stats.mean_loss), ("accuracy", stats.accuracy)])
 
-    stats, labels, probabilities = loop.predict(
+    stats, labels, probabilities = predict_loop.predict(
         run.strategy, model, loop.make_loss(run.config.train.label_smoothing), batches,
         after_call, jit_compile=accelerator.jit_compile(run.config, run.strategy),
         prepare=run.prepare)

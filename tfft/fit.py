@@ -21,7 +21,9 @@ import numpy as np
 from tfft import (
     accelerator,
     checkpoints,
+    class_counts,
     diskspace,
+    ema,
     loop,
     phases,
     progress,
@@ -31,7 +33,7 @@ from tfft import (
 from tfft.callbacks import PhaseTimings, RunCallback
 from tfft.classifier import count_params
 from tfft.config import AUTO_LR
-from tfft.errors import TrainingDiverged
+from tfft.errors import TrainingDiverged, UserError
 
 ChooseRate = Callable[[phases.PhasePlan], float]
 
@@ -96,6 +98,7 @@ class PhaseRunner:
                                                         plan.variables, [])
         self.check_free_space()
         self.loss = loop.make_loss(cfg.label_smoothing)
+        self.class_weights = class_weights(run)
         # Resolved once: every step of the phase, and its validation, compile the same way.
         self.jit_compile = accelerator.jit_compile(run.config, run.strategy)
         self.prepare = plan.prepare
@@ -149,8 +152,9 @@ class PhaseRunner:
         loop.run_steps(self.steps, run.strategy, batches, stats=stats, start=record.step,
                        per_call=plan.steps_per_call,
                        every=run.config.run.checkpoint_every_steps, after_call=after)
-        val = loop.run_steps(self.evaluate, run.strategy, plan.validation,
-                             per_call=plan.steps_per_call)
+        with ema.swapped(self.optimizers):
+            val = loop.run_steps(self.evaluate, run.strategy, plan.validation,
+                                 per_call=plan.steps_per_call)
         return {"epoch": epoch + 1, "phase": plan.phase, "loss": stats.mean_loss,
                 "accuracy": stats.accuracy, "val_loss": val.mean_loss,
                 "val_accuracy": val.accuracy,
@@ -167,7 +171,8 @@ class PhaseRunner:
                 plan.unfreeze(epoch)
             self.steps = loop.train_steps(self.run.strategy, plan.model, plan.groups[:live],
                                           self.optimizers[:live], self.loss,
-                                          jit_compile=self.jit_compile, prepare=self.prepare)
+                                          jit_compile=self.jit_compile, prepare=self.prepare,
+                                          class_weights=self.class_weights)
             self.active = live
 
     def after_call(self, epoch: int, total: int, bar: keras.utils.Progbar | None,
@@ -187,24 +192,29 @@ class PhaseRunner:
             self.resume.save(self.saver, epoch, done, dataclasses.asdict(stats))
 
     def track_best(self, record: checkpoints.Progress, val_accuracy: float) -> bool:
-        """Early stopping: keeps the best epoch's weights; True when patience has run out."""
+        """Early stopping: keeps the best epoch's weights (the averaged ones with
+        ``--ema_decay``, which its validation scored); True when patience has run out."""
         patience = self.run.config.train.early_stopping_patience
         if not patience:
             return False
         if val_accuracy > record.best:
             record.best, record.waited = val_accuracy, 0
-            record.best_checkpoint = self.best_saver.save_checkpoint()
+            with ema.swapped(self.optimizers):
+                record.best_checkpoint = self.best_saver.save_checkpoint()
         else:
             record.waited += 1
         return record.waited >= patience
 
     def finish(self, record: checkpoints.Progress) -> None:
-        """The phase's final weights (the best epoch's under early stopping), saved as done,
-        without optimizer slots: resuming the next phase needs only the weights."""
+        """The phase's final weights (the best epoch's under early stopping, else with
+        ``--ema_decay`` the averaged ones), saved as done, without optimizer slots: resuming the
+        next phase needs only the weights."""
         phase = self.plan.phase
         if record.best_checkpoint:
             checkpoints.restore_model_variables(self.workdir, record.best_checkpoint,
                                                 self.plan.variables)
+        else:
+            ema.finalize(self.optimizers)
         record.done, record.best_checkpoint = True, ""
         final = checkpoints.PhaseCheckpointer(self.workdir, f"{phase}_final",
                                               self.plan.variables, [])
@@ -218,3 +228,16 @@ class PhaseRunner:
             2 if self.run.config.train.early_stopping_patience else 1)
         diskspace.check_free(self.saver.directory, needed, f"the {self.plan.phase} phase's "
                              "checkpoints")
+
+
+def class_weights(run: phases.RunSetup) -> tuple[float, ...] | None:
+    """The training loss's class weights (``--class_weight``), from the training split's
+    counts; refused when its source did not know them."""
+    if run.config.train.class_weight == "none":
+        return None
+    counts = run.splits.counts.get("train")
+    if not counts or not sum(counts):
+        raise UserError("--class_weight: expected a dataset whose training labels are known "
+                        "before training (image folder, CSV, arrays); received "
+                        f"{run.config.data.dataset!r}, whose examples per class are not.")
+    return class_counts.balanced_weights(counts)

@@ -1,4 +1,4 @@
-"""Compiled train, eval and predict steps under any tf.distribute strategy, and the loops that
+"""Compiled train and eval steps under any tf.distribute strategy, and the loops that
 run them over a dataset.
 
 One training code path for every strategy: a custom step run with ``strategy.run`` (Keras 3
@@ -23,6 +23,7 @@ from tfft.device_inputs import Prepare  # (raw batch, training) -> the model's i
 
 Steps = Callable[[Any, tf.Tensor], list[tf.Tensor]]  # (iterator, n) -> sums over n steps
 AfterCall = Callable[[int, "EpochStats"], None]  # (steps done in the epoch, stats so far)
+Weights = tuple[float, ...] | None  # per class id
 
 
 @dataclass
@@ -71,9 +72,12 @@ def make_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
 def train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
                 groups: list[VariableGroup], optimizers: list[keras.optimizers.Optimizer],
                 loss: keras.losses.Loss, *, jit_compile: bool = False,
-                prepare: Prepare | None = None) -> Steps:
+                prepare: Prepare | None = None, class_weights: Weights = None) -> Steps:
     """One gradient over the groups' variables per step; each group's optimizer applies its
     part, so each group moves at its own learning rate, whatever the optimizer.
+
+    ``class_weights`` (``--class_weight``) weight each example's loss by ``targets @ weights``
+    (soft labels mix theirs), in training only: validation and test losses stay unweighted.
 
     With ``LossScaleOptimizer``s (float16) the loss is scaled once, by the first group's scale,
     and all groups skip a step with a non-finite gradient together (``tfft.precision``).
@@ -86,7 +90,7 @@ def train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
     scaled = precision.scaled(optimizers)
     if scaled:
         precision.share_scale(optimizers)
-    gradients = xla(gradient_fn(model, variables, loss, prepare), jit_compile)
+    gradients = xla(gradient_fn(model, variables, loss, prepare, class_weights), jit_compile)
 
     def replica_step(x, y):
         scale = tf.convert_to_tensor(optimizers[0].dynamic_scale) if scaled else None
@@ -101,17 +105,21 @@ def train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
 
 
 def gradient_fn(model: keras.Model, variables: list, loss: keras.losses.Loss,
-                prepare: Prepare | None) -> Callable:
+                prepare: Prepare | None, class_weights: Weights = None) -> Callable:
     """``(x, y, global batch, loss scale or None) -> (batch sums, gradients)`` of one replica's
     batch: the part of a train step that only touches this replica's copies of the weights."""
     num_classes = model.output_shape[-1]
+    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def gradients(x, y, global_batch, scale):
         if prepare is not None:
             x = prepare(x, True)
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
-            per_example = loss(tf.one_hot(y, num_classes), probs)
+            target = targets(y, num_classes)
+            per_example = loss(target, probs)
+            if weights is not None:
+                per_example *= tf.cast(tf.linalg.matvec(target, weights), per_example.dtype)
             total = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             if model.losses:
                 total += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -219,52 +227,6 @@ def run_steps(steps: Steps, strategy: tf.distribute.Strategy, batches: tf.data.D
     return stats
 
 
-def predict_steps(strategy: tf.distribute.Strategy, model: keras.Model,
-                  loss: keras.losses.Loss, *, jit_compile: bool = False,
-                  prepare: Prepare | None = None) -> Callable[[Any], tuple]:
-    """One step that gives the eval sums and, gathered from every replica, the labels and
-    float32 probabilities of the batch: the test pass keeps its predictions for the report."""
-    num_classes = model.output_shape[-1]
-
-    def forward(x, y):
-        if prepare is not None:
-            x = prepare(x, False)
-        probs = tf.cast(model(x, training=False), tf.float32)
-        return batch_sums(loss(tf.one_hot(y, num_classes), probs), probs, y), probs, y
-
-    replica_step = xla(forward, jit_compile)
-
-    @tf.function(autograph=False)
-    def step(iterator) -> tuple:
-        sums, probs, labels = strategy.run(replica_step, args=iterator.get_next())
-        reduced = [strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
-        return reduced, strategy.gather(probs, axis=0), strategy.gather(labels, axis=0)
-
-    return step
-
-
-def predict(strategy: tf.distribute.Strategy, model: keras.Model, loss: keras.losses.Loss,
-            ds: tf.data.Dataset, after_call: AfterCall | None = None, *,
-            jit_compile: bool = False, prepare: Prepare | None = None,
-            ) -> tuple[EpochStats, np.ndarray, np.ndarray]:
-    """Loss and accuracy over ``ds`` plus every example's label and probabilities, in one pass
-    (one step per batch)."""
-    step = predict_steps(strategy, model, loss, jit_compile=jit_compile, prepare=prepare)
-    stats = EpochStats()
-    labels, probabilities = [], []
-    iterator = iter(distribute.distribute(strategy, ds))
-    for done in range(1, count_steps(ds) + 1):
-        sums, probs, y = step(iterator)
-        stats.add(sums)
-        probabilities.append(probs.numpy())
-        labels.append(y.numpy())
-        if after_call:
-            after_call(done, stats)
-    classes = model.output_shape[-1]
-    return (stats, np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
-            np.concatenate(probabilities) if probabilities else np.zeros((0, classes), np.float32))
-
-
 def global_batch_size(labels: tf.Tensor) -> tf.Tensor:
     """Examples in this step across all replicas (and workers).
 
@@ -277,11 +239,22 @@ def global_batch_size(labels: tf.Tensor) -> tf.Tensor:
     return tf.cast(total, tf.int32)
 
 
+def targets(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """Per-example target distributions ``[B, C]`` float32: one-hot of int labels, or soft labels
+    (MixUp/CutMix training batches, ``tfft.augment``) as they are."""
+    if labels.dtype.is_integer:
+        return tf.one_hot(labels, num_classes)
+    return tf.cast(labels, tf.float32)
+
+
 def batch_sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> list[tf.Tensor]:
-    """Summed loss, correct predictions and example count of one batch (float32)."""
+    """Summed loss, correct predictions and example count of one batch (float32); soft labels
+    count as their most likely class."""
+    if not labels.dtype.is_integer:
+        labels = tf.argmax(labels, axis=-1)
     predicted = tf.argmax(probs, axis=-1, output_type=labels.dtype)
     return [
         tf.reduce_sum(tf.cast(per_example, tf.float32)),
         tf.reduce_sum(tf.cast(predicted == labels, tf.float32)),
-        tf.cast(tf.size(labels), tf.float32),
+        tf.cast(tf.shape(labels)[0], tf.float32),
     ]

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfft import accelerator, device_inputs, distribute, feature_cache, progress, schedules
+from tfft import augment as augment_lib
 from tfft import data as data_lib
 from tfft.backbones import build_backbone
 from tfft.checkpoints import PHASES
@@ -52,33 +53,37 @@ class RunSetup:
     say: progress.Say
 
     def batches(self, ds: tf.data.Dataset, training: bool = False, seed: int | None = None,
-                sharded: bool = True) -> tf.data.Dataset | distribute.WorkerBatches:
-        """Batches of a raw split (shuffled and augmented when ``training``), preprocessed
-        unless ``on_device``: then ``prepare`` does it, and the augmentation, in the steps.
+                sharded: bool = True, augment: bool = False,
+                ) -> tf.data.Dataset | distribute.WorkerBatches:
+        """Batches of a raw split (shuffled when ``training``, augmented when ``augment`` too),
+        preprocessed unless ``on_device``: then ``prepare`` does it, and augments, in the steps.
 
         Under MultiWorkerMirroredStrategy (unless not ``sharded``: every worker needs the whole
         split) they are ``WorkerBatches``: each worker reads and decodes only its share.
         """
         cfg = self.config
-        host_augmenter = None if self.on_device else self.augmenter
         drop = distribute.needs_static_shapes(self.strategy)
         make = functools.partial(
             data_lib.make_batches, ds, cfg.data, self.classifier.backbone.normalize,
             training=training, seed=cfg.train.seed if seed is None else seed,
-            augmenter=host_augmenter if training else None, drop_remainder=drop,
-            on_device=self.on_device)
+            augmenter=self.augmenter if training and augment else None, drop_remainder=drop,
+            on_device=self.on_device, num_classes=self.splits.num_classes)
         if not sharded or not distribute.shards_input(self.strategy):
             return make()
         return distribute.WorkerBatches(lambda ctx: make(input_context=ctx), int(ds.cardinality()),
                                         cfg.data.batch_size, self.strategy.num_replicas_in_sync)
 
-    def train_batches(self, seed: int) -> tf.data.Dataset | distribute.WorkerBatches:
-        """One epoch of shuffled (and augmented) training batches."""
-        return self.batches(self.splits.train, training=True, seed=seed)
+    def train_batches(self, seed: int, augment: bool = True,
+                      ) -> tf.data.Dataset | distribute.WorkerBatches:
+        """One epoch of shuffled training batches, augmented unless not ``augment``."""
+        return self.batches(self.splits.train, training=True, seed=seed, augment=augment)
 
     @functools.cached_property
-    def augmenter(self) -> Callable[[tf.Tensor], tf.Tensor] | None:
-        return data_lib.make_augmenter(self.config.data.augment, self.config.train.seed)
+    def augmenter(self) -> augment_lib.Augmenter | None:
+        """The finetune phase's ``--augment`` layers (the head's too with ``--augment_head``)."""
+        return augment_lib.make_augmenter(self.config.data, self.config.train.seed,
+                                          self.classifier.backbone.normalize,
+                                          self.splits.num_classes, self.on_device)
 
     @functools.cached_property
     def on_device(self) -> bool:
@@ -87,11 +92,12 @@ class RunSetup:
 
     @functools.cached_property
     def prepare(self) -> Prepare | None:
-        """The steps' transform of ``batches`` into backbone inputs (None: already are)."""
+        """The steps' transform of ``batches`` (None: preprocessed), augmenting tagged ones."""
         if not self.on_device:
             return None
+        augmenter = self.augmenter.on_device if self.augmenter else None
         return device_inputs.make_prepare(self.config.data.image_size,
-                                          self.classifier.backbone.normalize, self.augmenter)
+                                          self.classifier.backbone.normalize, augmenter)
 
 
 @dataclass(frozen=True)
@@ -166,15 +172,16 @@ def checkpoint_variables(clf: Classifier, phase: str) -> list:
 
 
 def head_plan(run: RunSetup) -> PhasePlan:
-    """The head on the frozen backbone: on cached features unless something changes them
-    between epochs (augmentation) or ``--cache_features=off``."""
+    """The head on the frozen backbone: on cached, unaugmented features unless
+    ``--augment_head`` (augmentation changes them every epoch) or ``--cache_features=off``."""
     cfg, clf = run.config, run.classifier
     freeze_backbone(clf)
     start = time.perf_counter()
     if use_feature_cache(run):
         model, (train, val), prepare = clf.head, cached_features(run), None
     else:
-        model, train, val = clf.model, run.train_batches, run.batches(run.splits.validation)
+        model, val = clf.model, run.batches(run.splits.validation)
+        train = functools.partial(run.train_batches, augment=cfg.data.augment_head)
         prepare = run.prepare
     seconds = time.perf_counter() - start
     return PhasePlan("head", model, train, val, cfg.head.head_epochs,
@@ -193,7 +200,8 @@ def cached_features(run: RunSetup) -> tuple[Batches, tf.data.Dataset]:
 
     def train_batches(seed: int) -> tf.data.Dataset:
         return train.batches(cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=seed,
-                             drop_remainder=drop)
+                             drop_remainder=drop,
+                             sample=data_lib.sampler(cfg, run.splits.num_classes, seed))
 
     return train_batches, val.batches(cfg.batch_size, drop_remainder=drop)
 
@@ -223,10 +231,11 @@ def extract_features(run: RunSetup, ds: tf.data.Dataset, name: str) -> feature_c
 
 
 def use_feature_cache(run: RunSetup) -> bool:
+    """On cached features unless ``--cache_features=off`` or ``--augment_head``."""
     if run.config.train.cache_features == "off":
         return False
-    if run.augmenter is not None:
-        run.say("Feature cache off: augmentation changes the backbone's input every epoch.")
+    if run.config.data.augment_head and run.augmenter is not None:
+        run.say("Feature cache off: --augment_head augments the head phase's inputs every epoch.")
         return False
     return True
 

@@ -89,16 +89,20 @@ def make_optimizer(cfg: TrainConfig,
                    ) -> keras.optimizers.Optimizer:
     """The optimizer ``--optimizer`` names, at a fixed rate or a schedule; under float16 in a
     ``LossScaleOptimizer`` (``tfft.precision``), whose ``iterations`` are the inner optimizer's
-    applied steps (a skipped step leaves the schedule where it was)."""
+    applied steps (a skipped step leaves the schedule where it was).
+
+    ``--ema_decay`` makes the optimizer keep the moving average of its variables (``tfft.ema``);
+    the inner optimizer keeps it, so it averages applied steps only."""
     name, momentum = cfg.optimizer, cfg.momentum
+    ema = {"use_ema": cfg.ema_decay > 0, "ema_momentum": cfg.ema_decay}
     if name == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum)
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum, **ema)
     elif name == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(learning_rate, momentum=momentum)
+        optimizer = keras.optimizers.RMSprop(learning_rate, momentum=momentum, **ema)
     elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate)
+        optimizer = keras.optimizers.AdamW(learning_rate, **ema)
     else:
-        optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate, **ema)
     return precision.with_loss_scaling(optimizer)
 
 
