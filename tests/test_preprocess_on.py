@@ -219,3 +219,14 @@ def test_lr_range_test_on_device_equals_host(tmp_path):
     ]
     assert len(losses[0]) == 6
     np.testing.assert_allclose(losses[1], losses[0], rtol=0, atol=TOLERANCE)
+
+
+def test_auto_on_an_accelerator_keeps_label_mixing_on_the_host(monkeypatch):
+    from tfft import accelerator
+
+    monkeypatch.setattr(accelerator, "kind", lambda _strategy: "gpu")
+    strategy = tf.distribute.get_strategy()
+    assert accelerator.preprocess_on_device(tiny_config(augment=("flip",)), strategy)
+    assert not accelerator.preprocess_on_device(tiny_config(augment=("flip", "mixup")), strategy)
+    explicit = tiny_config(augment=("cutmix",), preprocess_on="device")
+    assert accelerator.preprocess_on_device(explicit, strategy)

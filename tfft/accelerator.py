@@ -13,6 +13,7 @@ from typing import Literal
 
 import tensorflow as tf
 
+from tfft.augment import MIXERS
 from tfft.config import Config
 
 Kind = Literal["cpu", "gpu", "tpu"]
@@ -71,8 +72,13 @@ def jit_compile(config: Config, strategy: tf.distribute.Strategy) -> bool:
 
 
 def preprocess_on_device(config: Config, strategy: tf.distribute.Strategy) -> bool:
-    """Whether resizing and normalisation run in the model's first ops instead of tf.data."""
+    """Whether resizing and normalisation run in the model's first ops instead of tf.data.
+
+    ``auto`` stays on the host for mixup/cutmix, which mix labels in the pipeline (``device``
+    refuses them), so an accelerator's default run takes every augmentation."""
     chosen = config.run.preprocess_on
     if chosen != "auto":
         return chosen == "device"
+    if set(config.data.augment) & set(MIXERS):
+        return False
     return kind(strategy) != "cpu"
