@@ -80,3 +80,33 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub"))
     return tmp_path / "keras"
+
+
+TWO_CPUS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from tfft import distribute
+distribute.configure_cpu_devices(2)
+import importlib
+import tensorflow as tf
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+module = importlib.import_module(sys.argv[2])
+print(json.dumps(eval(sys.argv[3], {"module": module, "strategy": strategy})))
+"""
+
+
+def on_two_cpus(module: str, expression: str):
+    """``expression`` (over ``module`` and a two-replica ``strategy``) evaluated in a fresh
+    process whose CPU is split into two logical devices (that must happen before TensorFlow
+    starts, so not in this test process); its JSON result."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, "-c", TWO_CPUS, tests_dir, module, expression],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -7,21 +7,14 @@ is slow for depthwise convolutions (STACK_FACTS §7), so the run test is marked 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import on_two_cpus, tiny_config
 
 from tfft import feature_cache, loop, predict_loop, train_lib
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 TOLERANCE = 1e-5
 
 
@@ -69,26 +62,11 @@ def test_xla_steps_match_plain_steps(monkeypatch):
     assert compiled == [False] * 3 + [True] * 3  # train, eval, predict: each compiled when asked
 
 
-MIRRORED = textwrap.dedent("""
-    import json, sys
-    sys.path.insert(0, sys.argv[1])
-    from tfft import distribute
-    distribute.configure_cpu_devices(2)
-    import tensorflow as tf
-    import test_jit
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    print(json.dumps([test_jit.dense_epoch(strategy, jit) for jit in (False, True)]))
-""")
-
-
 def test_xla_steps_match_plain_steps_under_mirrored_on_two_cpus():
     """The replicas' sums and the optimizers' updates stay outside XLA: under MirroredStrategy
     they touch the other replica's variables, which an XLA program may not."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", MIRRORED, TESTS_DIR], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    check_close(*json.loads(done.stdout.strip().splitlines()[-1]))
+    both = "[module.dense_epoch(strategy, jit) for jit in (False, True)]"
+    check_close(*on_two_cpus("test_jit", both))
 
 
 @pytest.mark.large

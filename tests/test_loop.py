@@ -9,20 +9,14 @@ TensorFlow starts).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import tensorflow as tf
+from conftest import on_two_cpus
 
 from tfft import distribute, loop
 
 EXAMPLES, BATCH, CLASSES, LR = 37, 8, 3, 0.5
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def dense_model() -> keras.Model:
@@ -127,22 +121,5 @@ def test_default_strategy_steps_match_the_reference():
     check(scenario_diffs(tf.distribute.get_strategy()))
 
 
-MIRRORED = textwrap.dedent("""
-    import json, sys
-    sys.path.insert(0, sys.argv[1])
-    from tfft import distribute
-    distribute.configure_cpu_devices(2)
-    import tensorflow as tf
-    import test_loop
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    print(json.dumps(test_loop.scenario_diffs(strategy)))
-""")
-
-
 def test_mirrored_on_two_cpus_matches_the_reference():
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", MIRRORED, TESTS_DIR], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    check(json.loads(done.stdout.strip().splitlines()[-1]))
+    check(on_two_cpus("test_loop", "module.scenario_diffs(strategy)"))

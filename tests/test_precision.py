@@ -11,21 +11,14 @@ the second joining in the second epoch).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import on_two_cpus, tiny_config
 
 from tfft import callbacks, export, loop, rundir, train_lib
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 HUGE = 1e36  # finite in float32, but times the 2**15 loss scale its gradients overflow
 INITIAL_SCALE = 2.0**15
 
@@ -81,25 +74,9 @@ def test_an_inf_gradient_in_one_group_skips_the_step_in_every_group():
     check_skipped_together(two_group_step(tf.distribute.get_strategy()))
 
 
-MIRRORED = textwrap.dedent("""
-    import json, sys
-    sys.path.insert(0, sys.argv[1])
-    from tfft import distribute
-    distribute.configure_cpu_devices(2)
-    import tensorflow as tf
-    import test_precision
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    print(json.dumps(test_precision.two_group_step(strategy)))
-""")
-
-
 def test_an_inf_gradient_on_one_replica_skips_the_step_on_every_replica():
     """Keras's LossScaleOptimizer alone would check only the first replica's gradients."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", MIRRORED, TESTS_DIR], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    check_skipped_together(json.loads(done.stdout.strip().splitlines()[-1]))
+    check_skipped_together(on_two_cpus("test_precision", "module.two_group_step(strategy)"))
 
 
 # ---------------------------------------------------------------- whole runs
