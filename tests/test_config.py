@@ -43,10 +43,10 @@ def test_every_config_parses_and_validates(path):
     assert config.finetune.finetune_learning_rate > 0
 
 
-def test_defaults_are_valid_and_finetune_lr_defaults_to_tenth():
+def test_defaults_are_valid_and_finetune_lr_defaults_to_a_fraction_of_the_head_rate():
     config = validate(Config())
     assert config.finetune.finetune_learning_rate == pytest.approx(
-        config.head.head_learning_rate / 10)
+        config.head.head_learning_rate * 0.3)
     assert config.data.image_size == 224
 
 
@@ -188,7 +188,7 @@ def test_validate_is_idempotent_and_resolves_the_finetune_rate():
         once = validate(Config().replace(**overrides))
         assert validate(once) == once
     assert validate(Config().replace(head_learning_rate=0.02)).finetune.finetune_learning_rate \
-        == pytest.approx(0.002)
+        == pytest.approx(0.006)
     assert validate(Config().replace(head_learning_rate="auto")).finetune \
         .finetune_learning_rate == AUTO_LR
     assert validate(Config().replace(finetune_learning_rate="auto")).head.head_learning_rate \

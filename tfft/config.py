@@ -42,6 +42,10 @@ from tfft.fields import (
 )
 from tfft.fields import setting as _f
 
+# The finetune phase's rate when left at 0, as a fraction of the head's: with the cosine default
+# and two unfrozen blocks, head x 0.3 measured best in bench.compare (README, "Why the defaults").
+FINETUNE_RATE = 0.3
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -111,8 +115,8 @@ class FinetuneConfig:
     finetune_epochs: int = _f(5, "Epochs of the finetune phase (0 skips it).", NON_NEGATIVE)
     finetune_learning_rate: float = _f(
         0.0, "Learning rate of the finetune phase (auto = found by an LR range test; 0 = "
-        "head_learning_rate / 10, or auto when that is auto).", NON_NEGATIVE, auto=AUTO_LR)
-    unfreeze_blocks: int = _f(1, "Top backbone blocks the finetune phase unfreezes.", NON_NEGATIVE)
+        "head_learning_rate x 0.3, or auto when that is auto).", NON_NEGATIVE, auto=AUTO_LR)
+    unfreeze_blocks: int = _f(2, "Top backbone blocks the finetune phase unfreezes.", NON_NEGATIVE)
     unfreeze_schedule: str = _f(
         "all_at_once", "When the blocks unfreeze: all at the phase start, or gradual: the top "
         "block first, one more every --unfreeze_every_epochs epochs, up to --unfreeze_blocks.",
@@ -133,7 +137,7 @@ class TrainConfig:
 
     optimizer: str = _f("adam", "Optimizer of both phases.", OPTIMIZERS)
     momentum: float = _f(0.9, "Momentum of sgd / rmsprop.", NON_NEGATIVE)
-    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss.", FRACTION)
+    label_smoothing: float = _f(0.1, "Label smoothing of the cross-entropy loss.", FRACTION)
     class_weight: str = _f("none", "Loss weight of each class: none, or balanced (inverse to its "
                            "training examples).", CLASS_WEIGHTS)
     ema_decay: float = _f(
@@ -145,7 +149,7 @@ class TrainConfig:
                   "image and its mirror (flip) or also four corner crops (flip_crops).",
                   TTA_MODES)
     lr_schedule: str = _f(
-        "constant", "Learning-rate schedule of each phase, per step (cosine decays to 0; "
+        "cosine", "Learning-rate schedule of each phase, per step (cosine decays to 0; "
         "one_cycle rises from lr/25, then anneals to lr/1e4).", LR_SCHEDULES)
     warmup_epochs: float = _f(
         0.0, "Linear warm-up at the start of each phase, in epochs (one_cycle: its rising part; "
@@ -289,5 +293,5 @@ def validate(config: Config) -> Config:
     if config.finetune.finetune_learning_rate == 0.0:
         auto = h.head_learning_rate == AUTO_LR
         config = config.replace(
-            finetune_learning_rate=AUTO_LR if auto else h.head_learning_rate / 10)
+            finetune_learning_rate=AUTO_LR if auto else h.head_learning_rate * FINETUNE_RATE)
     return config
