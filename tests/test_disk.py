@@ -9,6 +9,7 @@ ENOSPC at the OS call (``os.fsync``) because a record is too small to aim a full
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import glob
 import json
@@ -44,10 +45,8 @@ class CheckpointCounter(callbacks.RunCallback):
         self.seen.append((row["phase"], checkpoint_files(self.workdir)))
 
 
-def test_checkpoints_never_pile_up_and_a_finished_run_removes_them(tmp_path):
-    workdir = str(tmp_path / "run")
-    counter = CheckpointCounter(workdir)
-    train_lib.train_and_evaluate(tiny_config(**RECIPE), workdir, callbacks=(counter,))
+def test_checkpoints_never_pile_up_and_a_finished_run_removes_them(uninterrupted):
+    counter, workdir = uninterrupted.counter, uninterrupted.workdir
     assert len(counter.seen) == 4
     for phase, files in counter.seen:
         assert all(count <= 1 for count in files.values()), (phase, files)
@@ -121,11 +120,21 @@ def read_metrics(workdir: str) -> dict:
         return json.load(f)
 
 
+@dataclasses.dataclass(frozen=True)
+class Uninterrupted:
+    """The RECIPE run without a full disk: its directory, metrics and checkpoints seen."""
+
+    workdir: str
+    metrics: dict
+    counter: CheckpointCounter
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict:
-    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    train_lib.train_and_evaluate(tiny_config(**RECIPE), workdir)
-    return read_metrics(workdir)
+def uninterrupted(tmp_path_factory) -> Uninterrupted:
+    workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    counter = CheckpointCounter(workdir)
+    train_lib.train_and_evaluate(tiny_config(**RECIPE), workdir, callbacks=(counter,))
+    return Uninterrupted(workdir, read_metrics(workdir), counter)
 
 
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_ends_identically(
@@ -142,7 +151,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_ends_identically(
         assert glob.glob(os.path.join(workdir, record["checkpoint"] + ".*"))
         os.remove(full.ballast)
         train_lib.train_and_evaluate(tiny_config(**RECIPE), workdir)
-        assert read_metrics(workdir) == uninterrupted
+        assert read_metrics(workdir) == uninterrupted.metrics
 
 
 def test_a_full_disk_at_a_record_is_one_line_and_the_rerun_ends_identically(
@@ -162,7 +171,7 @@ def test_a_full_disk_at_a_record_is_one_line_and_the_rerun_ends_identically(
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert not glob.glob(str(tmp_path / ".tmp-*"))
     train_lib.train_and_evaluate(tiny_config(**RECIPE), str(tmp_path))
-    assert read_metrics(str(tmp_path)) == uninterrupted
+    assert read_metrics(str(tmp_path)) == uninterrupted.metrics
 
 
 def test_the_cli_on_a_full_disk_prints_one_line_and_exits_2(tmp_path):

@@ -17,8 +17,10 @@ from tfft.config import DataConfig
 from tfft.errors import UserError
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+# No export: these tests check what training reads and prints, not the SavedModel.
 TINY = ["--backbone=mobilenet", "--alpha=0.25", "--weights=imagenet", "--image_size=32",
-        "--head_units=16", "--head_epochs=1", "--finetune_epochs=0", "--verbosity=1"]
+        "--head_units=16", "--head_epochs=1", "--finetune_epochs=0", "--verbosity=1",
+        "--export=false"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

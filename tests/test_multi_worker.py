@@ -185,6 +185,7 @@ FLAGS = [
     "--finetune_learning_rate=0.05",
     "--dropout=0",
     "--verbosity=1",
+    "--export=false",  # the chief's export after a cluster run: test_distribute checks it
 ]
 ATOL = 1e-5  # measured max difference to one worker: see test_two_workers_match_one_worker
 TIMEOUT_S = 300

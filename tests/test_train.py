@@ -10,7 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import tiny_config
 
 from tfft import train_lib
 from tfft.classifier import count_params
@@ -43,24 +43,28 @@ def test_saved_model_reloads_safely_and_predicts_the_same(tiny_run):
                                tiny_run.classifier.model.predict(x, verbose=0), atol=1e-6)
 
 
-def test_head_phase_changes_only_the_head(tmp_path):
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """A run of zero epochs in both phases: the weights every phase starts from."""
+    workdir = str(tmp_path_factory.mktemp("untrained"))
+    return train_lib.train_and_evaluate(tiny_config(head_epochs=0, finetune_epochs=0), workdir)
+
+
+def test_head_phase_changes_only_the_head(tmp_path, untrained):
     config = tiny_config(head_epochs=1, finetune_epochs=0)
     result = train_lib.train_and_evaluate(config, str(tmp_path))
-    fresh = tiny_config(head_epochs=0, finetune_epochs=0)
-    untouched = train_lib.train_and_evaluate(fresh, str(tmp_path / "fresh"))
-    trained, initial = result.classifier, untouched.classifier
+    trained, initial = result.classifier, untrained.classifier
     for a, b in zip(trained.backbone.layer.weights, initial.backbone.layer.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in
                zip(trained.head.weights, initial.head.weights, strict=True))
 
 
-def test_finetune_phase_changes_top_blocks_but_not_batchnorm_statistics(tmp_path):
+def test_finetune_phase_changes_top_blocks_but_not_batchnorm_statistics(tmp_path, untrained):
     config = tiny_config(head_epochs=0, finetune_epochs=1, unfreeze_blocks=2,
                          finetune_learning_rate=0.01)
     trained = train_lib.train_and_evaluate(config, str(tmp_path)).classifier.backbone.layer
-    initial = train_lib.train_and_evaluate(config.replace(finetune_epochs=0),
-                                           str(tmp_path / "fresh")).classifier.backbone.layer
+    initial = untrained.classifier.backbone.layer
     changed = {w.path for w, v in zip(trained.weights, initial.weights, strict=True)
                if not np.array_equal(w.numpy(), v.numpy())}
     assert any("conv_pw_13" in p for p in changed)
@@ -102,12 +106,10 @@ def test_steps_per_execution_trains_the_same_model(tmp_path, cache):
                 assert got["val_accuracy"] == want["val_accuracy"]
 
 
-def test_zero_epoch_phases_and_parameter_counts(tmp_path):
-    config = tiny_config(head_epochs=0, finetune_epochs=0)
-    result = train_lib.train_and_evaluate(config, str(tmp_path))
-    assert result.metrics["phases"] == {"head": [], "finetune": []}
-    assert result.metrics["parameters"]["head_trainable"] == count_params(
-        result.classifier.head.trainable_weights)
+def test_zero_epoch_phases_and_parameter_counts(untrained):
+    assert untrained.metrics["phases"] == {"head": [], "finetune": []}
+    assert untrained.metrics["parameters"]["head_trainable"] == count_params(
+        untrained.classifier.head.trainable_weights)
 
 
 def test_augment_head_turns_the_feature_cache_off(tmp_path, capsys):
@@ -115,30 +117,6 @@ def test_augment_head_turns_the_feature_cache_off(tmp_path, capsys):
                          verbosity=1)
     train_lib.train_and_evaluate(config, str(tmp_path))
     assert "Feature cache off: --augment_head" in capsys.readouterr().out
-
-
-def run_cli(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "tfft.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def test_cli_trains_and_prints_test_accuracy(tmp_path):
-    proc = run_cli("--flagfile=configs/quickstart.cfg", f"--workdir={tmp_path}",
-                   "--image_size=32", "--head_epochs=1", "--finetune_epochs=1",
-                   "--max_train_examples=64", "--max_eval_examples=32", "--verbosity=1")
-    assert proc.returncode == 0, proc.stderr
-    last_lines = proc.stdout.strip().splitlines()[-3:]
-    assert any(line.startswith("Test accuracy:") for line in last_lines), last_lines
-    assert "trainable: head phase" in proc.stdout
-
-
-def test_cli_finds_shipped_config_by_bare_name(tmp_path):
-    proc = run_cli("--flagfile=quickstart.cfg", f"--workdir={tmp_path}", "--image_size=32",
-                   "--head_epochs=0", "--finetune_epochs=0", "--max_train_examples=16",
-                   "--max_eval_examples=16", "--verbosity=0", cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert os.path.exists(tmp_path / "metrics.json")
 
 
 def test_mixed_bfloat16_trains_with_float32_outputs_and_restores_the_policy(tmp_path):
@@ -151,14 +129,15 @@ def test_mixed_bfloat16_trains_with_float32_outputs_and_restores_the_policy(tmp_
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def test_the_public_entry_point_validates_so_finetune_runs_at_a_tenth_of_the_head_rate(tmp_path):
-    """``Config().replace(...)`` is not validated; the finetune rate 0 means "head / 10"."""
+def test_the_public_entry_point_validates_so_finetune_runs_at_its_fraction_of_the_head_rate(
+        tmp_path):
+    """``Config().replace(...)`` is not validated; the finetune rate 0 means "head x 0.3"."""
     import tfft
 
     config = tiny_config(head_epochs=0, finetune_epochs=1).replace(
         head_learning_rate=0.002, finetune_learning_rate=0.0)
     result = tfft.train_and_evaluate(config, str(tmp_path))
-    assert result.metrics["phases"]["finetune"][0]["learning_rate"] == pytest.approx(0.0002)
+    assert result.metrics["phases"]["finetune"][0]["learning_rate"] == pytest.approx(0.0006)
 
 
 def test_a_run_passes_the_test_split_through_the_model_once(tmp_path, monkeypatch):
@@ -213,19 +192,26 @@ def test_lr_find_sets_its_run_up_as_training_does(tmp_path, monkeypatch):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def test_progress_written_to_a_file_is_one_line_per_epoch(tmp_path):
-    """stdout redirected (CI logs, nohup): no bar redraws, a few lines per epoch."""
+def test_cli_with_a_shipped_config_by_bare_name_trains_and_logs_one_line_per_epoch(tmp_path):
+    """One CLI run checks three things: ``--flagfile=quickstart.cfg`` is found among the shipped
+    configs from another cwd; the run ends printing the test accuracy; and stdout redirected
+    (CI logs, nohup) gets no bar redraws, a few lines per epoch."""
     log = tmp_path / "train.log"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     with open(log, "w") as out:
         done = subprocess.run(
-            [sys.executable, "-m", "tfft.train", "--flagfile=configs/quickstart.cfg",
+            [sys.executable, "-m", "tfft.train", "--flagfile=quickstart.cfg",
              f"--workdir={tmp_path / 'run'}", "--image_size=32", "--head_epochs=3",
              "--finetune_epochs=2", "--max_train_examples=160", "--max_eval_examples=32",
              "--batch_size=16", "--steps_per_execution=1", "--verbosity=1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.PIPE, text=True, timeout=600)
+            cwd=str(tmp_path), env=env, stdout=out, stderr=subprocess.PIPE, text=True,
+            timeout=600)
     assert done.returncode == 0, done.stderr
+    assert os.path.exists(tmp_path / "run" / "metrics.json")
     text = log.read_text()
+    last_lines = text.strip().splitlines()[-3:]
+    assert any(line.startswith("Test accuracy:") for line in last_lines), last_lines
+    assert "trainable: head phase" in text
     assert "\r" not in text and "\b" not in text
     epochs = 3 + 2
     assert len(text.splitlines()) <= 3 * epochs + 20, text
