@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import PINNED_RECIPE, ROOT, tiny_config
 
 from tfft import distribute, launch, train_lib
 from tfft.classifier import unfreeze_top_blocks
@@ -33,7 +33,9 @@ SETTINGS = dict(optimizer="sgd", head_learning_rate=0.05, finetune_learning_rate
 FLAGS = ["--dataset=sample:mnist", "--backbone=mobilenet", "--alpha=0.25", "--weights=imagenet",
          "--image_size=32", "--batch_size=16", "--head_units=16", "--head_epochs=1",
          "--finetune_epochs=1", "--max_eval_examples=32",
-         *(f"--{k}={v}" for k, v in SETTINGS.items())]
+         *(f"--{k}={v}" for k, v in SETTINGS.items()),
+         # the recipe tiny_config pins, so the CLI runs what the in-process reference runs
+         *(f"--{k}={v}" for k, v in PINNED_RECIPE.items() if not isinstance(v, tuple))]
 ATOL = 1e-5  # observed max difference ~6e-8; a misweighted partial batch gives ~5e-2
 SUBPROCESS_TIMEOUT_S = 400
 
