@@ -52,8 +52,12 @@ def test_quick_config_reaches_and_reproduces_its_header(tmp_path, name):
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-def test_the_mobilenet_quick_configs_are_bench_compares_best_recipe(dataset):
-    """The headers quote ``bench.compare``'s "tfft best" row, so the recipes must be the same."""
+def test_the_mobilenet_quick_configs_are_bench_compares_best_recipe(dataset, monkeypatch):
+    """The headers quote ``bench.compare``'s "tfft best" row, so the recipes must be the same.
+
+    ``bench`` is not installed with tfft: it is imported from the checkout.
+    """
+    monkeypatch.syspath_prepend(ROOT)
     from bench import compare
 
     with open(os.path.join(ROOT, "configs", f"{dataset}_mobilenet_quick.cfg")) as f:
