@@ -196,8 +196,9 @@ def finetune_rate(sizes: Sizes, precision: str, jit: str, where: str,
     from tfft import accelerator, loop, phases, schedules
 
     examples = sizes.batch_size * (sizes.steps + WARMUP_STEPS)
+    # cache_features off: the step through the whole backbone on images, as with augmentation
     config = run_config(sizes.finetune_backbone, sizes, examples, mixed_precision=precision,
-                        jit_compile=jit, preprocess_on=where)
+                        jit_compile=jit, preprocess_on=where, cache_features="off")
     reset_peak_memory()
     with phases.setup_run(config) as run:
         plan = phases.finetune_plan(run)

@@ -317,7 +317,8 @@ def p5_finetune_step(config, splits) -> Row:
     from tfft import train_lib
 
     epochs = FLAGS.finetune_epochs
-    ft = config.replace(head_epochs=0, finetune_epochs=epochs)
+    # On images, as Keras's fit: the loops compared, not the frozen-bottom activation cache.
+    ft = config.replace(head_epochs=0, finetune_epochs=epochs, cache_features="off")
     paired = PairedEpochs(KerasFit(ft, splits))
     with scratch_dir() as workdir:
         train_lib.train_and_evaluate(ft, workdir, callbacks=(paired,))

@@ -27,8 +27,9 @@ def finetune_step():
 
     from tfft import loop, phases, schedules
 
-    # Host preprocessing: the same premade batches feed the Keras reference's model.fit.
-    config = bench_run.bench_config().replace(finetune_epochs=1, preprocess_on="host")
+    # Host preprocessing: the same premade image batches feed the Keras reference's model.fit.
+    config = bench_run.bench_config().replace(finetune_epochs=1, preprocess_on="host",
+                                              cache_features="off")  # steps on images
     with phases.setup_run(config) as run:
         reference = bench_run.KerasFit(config, run.splits)
         plan = phases.finetune_plan(run)

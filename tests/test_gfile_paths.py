@@ -165,7 +165,11 @@ def test_a_run_interrupted_on_ram_resumes_there_and_ends_like_an_uninterrupted_o
     assert f"{stopped.progress['checkpoint']}.index" in stopped.files
     assert rundir.METRICS not in stopped.files
     assert [e.startswith(f"{ram_run.root}/cache/") for e in stopped.extractions] == [True] * 2
-    assert ram_run.resume_extractions == [], "the resumed head phase read the ram:// cache"
+    # The resumed head phase read its features from the ram:// cache; the only new entries are
+    # the finetune phase's activations (train and validation), also on ram://.
+    resumed = ram_run.resume_extractions
+    assert len(resumed) == 2 and not set(resumed) & set(stopped.extractions), resumed
+    assert all(e.startswith(f"{ram_run.root}/cache/") for e in resumed)
     assert read_json(f"{ram_run.workdir}/{rundir.METRICS}") == ram_run.local_metrics
 
 
@@ -218,9 +222,11 @@ def test_the_feature_cache_on_ram_lists_and_clears(ram_run):
     root = cache_store.cache_root(ram_run.config.run.cache_dir)
     assert root == f"{ram_run.root}/cache"
     listed = cache.list_entries(root, 0, time.time())
-    assert listed[-1].startswith("2 entries") and root in listed[-1], listed
-    assert sorted(e.fields["split"] for e in cache_store.scan(root)) == ["train", "validation"]
-    assert cache.clear_entries(root, 0, time.time()).startswith("Removed 2 entries")
+    # Features and finetune activations, each of train and validation.
+    assert listed[-1].startswith("4 entries") and root in listed[-1], listed
+    splits = sorted(e.fields["split"] for e in cache_store.scan(root))
+    assert splits == ["train", "train", "validation", "validation"]
+    assert cache.clear_entries(root, 0, time.time()).startswith("Removed 4 entries")
     assert cache_store.scan(root) == [] and fs.listdir(root) == []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfft.backbones import Backbone
@@ -114,6 +115,44 @@ def trainable_blocks(clf: Classifier, n: int) -> list[list]:
                 for block in blocks]
     return [[v for v in layer.trainable_weights if layer.path_of(v) in set(block)]
             for block in blocks]
+
+
+@dataclass(frozen=True)
+class FrozenBottom:
+    """The classifier cut below its top ``n`` backbone blocks: ``bottom`` maps normalised images
+    to the activations there (frozen in both phases, so the same every epoch), ``top`` maps those
+    activations, flattened, to class probabilities through the same layers as ``model``."""
+
+    bottom: keras.Model
+    top: keras.Model
+
+
+def split_below_top_blocks(clf: Classifier, n: int) -> FrozenBottom | None:
+    """The cut at the input of the lowest of the top ``n`` blocks, when one tensor crosses it.
+
+    None for a TF-Hub layer (no layers to cut between), for ``n`` of 0 or every block (nothing
+    to train, or nothing frozen below), and where another tensor skips across the cut (Keras
+    cannot build the top from the cut alone, or the two halves miss weights).
+    """
+    layer, blocks = clf.backbone.layer, clf.backbone.blocks
+    if not isinstance(layer, keras.Model) or not 0 < n < len(blocks):
+        return None
+    top_names = {name for block in blocks[len(blocks) - n:] for name in block}
+    first = next((sub for sub in layer.layers if sub.name in top_names), None)
+    cut = getattr(first, "input", None)
+    if not isinstance(cut, keras.KerasTensor):
+        return None
+    try:
+        upper = keras.Model(cut, layer.output)
+    except ValueError:  # a tensor from below the cut skips over it
+        return None
+    bottom = keras.Model(layer.input, cut, name="frozen_bottom")
+    if len(bottom.weights) + len(upper.weights) != len(layer.weights) or not bottom.weights:
+        return None
+    rows = keras.Input((int(np.prod(cut.shape[1:])),), name="activations")
+    maps = upper(keras.layers.Reshape(tuple(cut.shape[1:]))(rows), training=False)
+    vectors = maps if clf.backbone.outputs_vector else clf.features.layers[-1](maps)
+    return FrozenBottom(bottom, keras.Model(rows, clf.head(vectors), name="unfrozen_top"))
 
 
 def count_params(variables: list) -> int:

@@ -157,8 +157,10 @@ class TrainConfig:
     early_stopping_patience: int = _f(0, "Stop a phase after this many epochs without "
                                       "val_accuracy gain (0 = off).", NON_NEGATIVE)
     cache_features: str = _f(
-        "auto", "Head phase on cached backbone features (auto = memory unless augmentation; "
-        "disk = keyed files in --cache_dir, reused across runs).", CACHE_MODES)
+        "auto", "Head phase on cached backbone features, finetune phase (without --augment) on "
+        "cached activations of the frozen blocks (auto = memory; above 1 GiB features go to "
+        "disk and the finetune phase runs on images; disk = keyed files in --cache_dir, reused "
+        "across runs; off = the backbone in every step).", CACHE_MODES)
     mixed_precision: str = _f(
         "auto", "Compute dtype policy (auto = mixed_bfloat16 on TPUs and GPUs of compute "
         "capability >= 8.0, mixed_float16 with loss scaling on older GPUs, float32 on CPUs; "

@@ -32,6 +32,7 @@ from tfft import (
     lr_find,
     phases,
     report,
+    run_setup,
     rundir,
     tensorboard,
 )
@@ -55,7 +56,7 @@ def train_and_evaluate(
     refused (UserError) unless ``overwrite``.
     """
     config = validate(config)
-    strategy = strategy or phases.run_strategy(config)
+    strategy = strategy or run_setup.run_strategy(config)
     chief = distribute.is_chief(strategy)
     record = checkpoints.prepare_workdir(workdir, config, overwrite, may_delete=chief)
     out_dir = workdir if chief else worker_dir(workdir, strategy)
