@@ -51,8 +51,9 @@ GUIDE = {"batch_size": 64, "dropout": 0.2, "head_epochs": 4, "head_learning_rate
 # (a wide head costs little there), then the top blocks at one rate on a cosine schedule;
 # ``BEST_FOR`` adds what each backbone and dataset measured best with: MobileNet v1 the top 4 of
 # its 14 blocks for 6 epochs (cheap on the cached activations below them) with an average of the
-# weights, MobileNetV2 the top 2 of its 7 blocks without one (README "Why the defaults"); on CIFAR-10, whose classes are mirror-symmetric, the
-# test pass averages each image with its mirror (digits are not, so MNIST gets no TTA).
+# weights, MobileNetV2 the top 2 of its 7 blocks without one (README "Why the defaults"); on
+# CIFAR-10, whose classes are mirror-symmetric, the test pass averages each image with its mirror
+# (digits are not, so MNIST gets no TTA).
 BEST = {"batch_size": 64, "head_units": (1024,), "dropout": 0.2, "label_smoothing": 0.1,
         "head_epochs": 4, "head_learning_rate": 0.002, "finetune_epochs": 4,
         "finetune_learning_rate": 0.0006, "lr_schedule": "cosine"}

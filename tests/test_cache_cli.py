@@ -36,13 +36,14 @@ def test_list_shows_each_entry_and_clear_removes_those_older_than_the_age(tmp_pa
     listed = cache_command("list", f"--cache_dir={root}")
     assert listed.returncode == 0 and listed.stderr == "", listed.stderr[-2000:]
     header, *rows, total = listed.stdout.splitlines()
-    assert header.split() == ["LAST", "USED", "SIZE", "COUNT", "DTYPE", "SPLIT", "DATASET",
-                              "BACKBONE", "IMAGE", "ENTRY"]
+    assert header.split() == ["LAST", "USED", "SIZE", "COUNT", "DTYPE", "SHAPE", "SPLIT",
+                              "DATASET", "BACKBONE", "IMAGE", "ENTRY"]
     assert [r.split()[-1] for r in rows] == [os.path.basename(old), os.path.basename(recent)]
     assert rows[0].split()[2:] == ["(10d", "ago)", *format_bytes(sizes[old]).split(), "6",
-                                   "float32", "train", "sample:mnist", "mobilenet", "32",
+                                   "float32", "-", "train", "sample:mnist", "mobilenet", "32",
                                    os.path.basename(old)]
-    assert rows[1].split()[6:11] == ["5", "float32", "validation", "sample:mnist", "mobilenet"]
+    assert rows[1].split()[6:12] == ["5", "float32", "-", "validation", "sample:mnist",
+                                     "mobilenet"]
     assert total == f"2 entries, {format_bytes(sum(sizes.values()))}, in {root}"
 
     cleared = cache_command("clear", "--older_than=7d", f"--cache_dir={root}")

@@ -224,6 +224,9 @@ def test_the_feature_cache_on_ram_lists_and_clears(ram_run):
     listed = cache.list_entries(root, 0, time.time())
     # Features and finetune activations, each of train and validation.
     assert listed[-1].startswith("4 entries") and root in listed[-1], listed
+    # A row's cells before SHAPE: date, time, "(age", "ago)", size and unit, count, dtype.
+    shapes = sorted(line.split()[8].count("x") for line in listed[1:-1])
+    assert shapes == [0, 0, 2, 2], listed  # pooled features; H x W x C activations
     splits = sorted(e.fields["split"] for e in cache_store.scan(root))
     assert splits == ["train", "train", "validation", "validation"]
     assert cache.clear_entries(root, 0, time.time()).startswith("Removed 4 entries")

@@ -21,8 +21,9 @@ from tfft.errors import UserError
 
 VERBS = ("list", "clear")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-COLUMNS = ("LAST USED", "SIZE", "COUNT", "DTYPE", "SPLIT", "DATASET", "BACKBONE", "IMAGE",
-           "ENTRY")
+# SHAPE tells the head phase's features (one dimension) from the finetune phase's activations.
+COLUMNS = ("LAST USED", "SIZE", "COUNT", "DTYPE", "SHAPE", "SPLIT", "DATASET", "BACKBONE",
+           "IMAGE", "ENTRY")
 
 
 def parse_age(text: str) -> float:
@@ -65,7 +66,9 @@ def row(entry: cache_store.Entry, now: float) -> tuple[str, ...]:
 
     used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
     return (f"{used} ({format_age(now - entry.last_used)} ago)", format_bytes(entry.size),
-            f"{meta.get('count', 0):,}", cell(meta.get("dtype")), cell(fields.get("split")),
+            f"{meta.get('count', 0):,}", cell(meta.get("dtype")),
+            cell("x".join(str(n) for n in fields.get("feature_shape") or ())),
+            cell(fields.get("split")),
             cell(fields.get("dataset")), cell(fields.get("backbone")),
             cell(fields.get("image_size")), os.path.basename(entry.path))
 

@@ -5,9 +5,9 @@ so the head phase trains on cached features; in the finetune phase the blocks be
 unfrozen one stay frozen too, so it trains the unfrozen top on cached activations from below
 it (``tfft.classifier.split_below_top_blocks``): each step then runs only the top, whose
 forward and backward pass is a fraction of one through the whole backbone when few blocks are
-unfrozen (``bench.compare`` times whole runs). Features follow ``--cache_features`` (memory, or keyed disk
-entries: ``tfft.feature_cache``); activations, many times larger, stay in memory under ``auto``
-and go to disk entries only with ``disk``.
+unfrozen (``bench.compare`` times whole runs). Features follow ``--cache_features`` (memory,
+or keyed disk entries: ``tfft.feature_cache``); activations, many times larger, stay in memory
+under ``auto`` and go to disk entries only with ``disk``.
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ class FinetuneConfig:
     finetune_epochs: int = _f(5, "Epochs of the finetune phase (0 skips it).", NON_NEGATIVE)
     finetune_learning_rate: float = _f(
         0.0, "Learning rate of the finetune phase (auto = found by an LR range test; 0 = "
-        "head_learning_rate x 0.3, or auto when that is auto).", NON_NEGATIVE, auto=AUTO_LR)
+        f"head_learning_rate x {FINETUNE_RATE:g}, or auto when that is auto).", NON_NEGATIVE,
+        auto=AUTO_LR)
     unfreeze_blocks: int = _f(2, "Top backbone blocks the finetune phase unfreezes.", NON_NEGATIVE)
     unfreeze_schedule: str = _f(
         "all_at_once", "When the blocks unfreeze: all at the phase start, or gradual: the top "
